@@ -1,0 +1,330 @@
+"""The runner's exception tree and the classification of upstream failures.
+
+::
+
+    RunnerError                     anything the runner raises on purpose
+    ├── UpstreamError               upstream answered with an error (status, body, headers kept)
+    │   ├── InvalidRequest          400/404/422...: the request itself is wrong   [permanent]
+    │   │   ├── ContextLengthExceeded   code context_length_exceeded              [permanent]
+    │   │   └── ContentFiltered     Azure content_filter (either spelling)         [permanent]
+    │   ├── AuthenticationFailed    401/403                                       [permanent*]
+    │   ├── QuotaExhausted          429 insufficient_quota: billing, not pacing   [permanent]
+    │   ├── RateLimited             other 429, with the provider's retry-after     [retryable]
+    │   └── UpstreamUnavailable     5xx, 408, 409, overloaded, in-band stream errors [retryable]
+    ├── UpstreamTimeout             connect / first byte / stream idle / total     [retryable]
+    ├── TransportError              refused, reset, truncated or garbled responses [retryable]
+    ├── CircuitOpen                 the breaker is open; retry_after says for how long
+    └── LocalRateLimited            our own limiter gave up waiting; retry_after too
+
+    * a 401 makes the runner re-read the credential once; see ``runner.py``.
+
+Every error knows the HTTP status and OpenAI-shaped body a proxy should send
+(:meth:`RunnerError.http_status`, :meth:`RunnerError.openai_body`): upstream
+errors replay exactly what upstream said, local ones use the same shape with a
+distinct ``code``. Foreign exceptions (aiohttp, asyncio) are translated into
+this tree in exactly one place, the transport.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from .headers import parse_retry_after
+
+__all__ = [
+    "AuthenticationFailed",
+    "CircuitOpen",
+    "ContentFiltered",
+    "ContextLengthExceeded",
+    "InvalidRequest",
+    "LocalRateLimited",
+    "QuotaExhausted",
+    "RateLimited",
+    "RunnerError",
+    "TransportError",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "classify_error_payload",
+    "classify_response",
+]
+
+
+class RunnerError(Exception):
+    """Base of everything the runner raises on purpose."""
+
+    retryable: ClassVar[bool] = False
+    """Whether another attempt may succeed (the retry policy still decides)."""
+    health_failure: ClassVar[bool] = False
+    """Whether the failure says upstream is unhealthy (counts for the circuit breaker)."""
+    status: int = 500
+    code: str = "runner_error"
+    error_type: str = "api_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.attempts = 1
+        """Upstream attempts made before this error was final (set by the runner)."""
+
+    @property
+    def kind(self) -> str:
+        """A stable label for metrics and spans (the class name)."""
+        return type(self).__name__
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the caller should wait before trying again, when known."""
+        return None
+
+    def http_status(self) -> int:
+        return self.status
+
+    def openai_body(self) -> dict[str, Any]:
+        """The body a proxy answers with, in the OpenAI error shape."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": None,
+                "code": self.code,
+            }
+        }
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers a proxy should add when answering with this error."""
+        headers: dict[str, str] = {}
+        if self.retry_after is not None:
+            headers["retry-after"] = str(max(1, round(self.retry_after + 0.4999)))
+            headers["retry-after-ms"] = str(round(self.retry_after * 1000))
+        return headers
+
+
+class UpstreamError(RunnerError):
+    """Upstream answered with an error; its status, body and headers are kept verbatim."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        payload: Mapping[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.headers: dict[str, str] = dict(headers or {})
+        self.payload: dict[str, Any] = dict(payload or {})
+        self._retry_after = retry_after
+        err = self.payload.get("error")
+        err = err if isinstance(err, dict) else {}
+        self.code = _text(err.get("code")) or type(self).code
+        self.error_type = _text(err.get("type")) or type(self).error_type
+        self.param = _text(err.get("param"))
+
+    @property
+    def retry_after(self) -> float | None:
+        return self._retry_after
+
+    @property
+    def request_id(self) -> str | None:
+        for name in ("x-request-id", "apim-request-id"):
+            for key, value in self.headers.items():
+                if key.lower() == name:
+                    return value
+        return None
+
+    def openai_body(self) -> dict[str, Any]:
+        if isinstance(self.payload.get("error"), dict):
+            return self.payload
+        return super().openai_body()
+
+
+class InvalidRequest(UpstreamError):
+    code = "invalid_request_error"
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class ContentFiltered(InvalidRequest):
+    code = "content_filter"
+
+
+class AuthenticationFailed(UpstreamError):
+    code = "invalid_api_key"
+    error_type = "authentication_error"
+
+
+class QuotaExhausted(UpstreamError):
+    code = "insufficient_quota"
+    error_type = "insufficient_quota"
+
+
+class RateLimited(UpstreamError):
+    retryable = True
+    code = "rate_limit_exceeded"
+    error_type = "requests"
+
+
+class UpstreamUnavailable(UpstreamError):
+    retryable = True
+    health_failure = True
+    code = "upstream_unavailable"
+    error_type = "server_error"
+
+
+class UpstreamTimeout(RunnerError):
+    """No answer in time. ``phase`` is connect, first_byte, stream_idle or total."""
+
+    retryable = True
+    health_failure = True
+    status = 504
+    code = "upstream_timeout"
+    error_type = "timeout"
+
+    def __init__(self, message: str, *, phase: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+
+
+class TransportError(RunnerError):
+    """The connection failed or the response could not be read as HTTP/SSE."""
+
+    retryable = True
+    health_failure = True
+    status = 502
+    code = "upstream_transport_error"
+    error_type = "server_error"
+
+
+class CircuitOpen(RunnerError):
+    status = 503
+    code = "circuit_open"
+    error_type = "server_error"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self._retry_after = retry_after
+
+    @property
+    def retry_after(self) -> float | None:
+        return self._retry_after
+
+
+class LocalRateLimited(RunnerError):
+    """Our own limiter could not admit the call within ``maxQueueWait``."""
+
+    status = 429
+    code = "local_rate_limited"
+    error_type = "requests"
+
+    def __init__(self, message: str, *, retry_after: float, limit: str) -> None:
+        super().__init__(message)
+        self._retry_after = retry_after
+        self.limit = limit
+        """Which budget ran out: requests, tokens or concurrency."""
+
+    @property
+    def retry_after(self) -> float | None:
+        return self._retry_after
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _is_content_filter(err: Mapping[str, Any]) -> bool:
+    if err.get("code") == "content_filter" or err.get("type") == "content_filter":
+        return True
+    inner = err.get("innererror")
+    if isinstance(inner, dict):
+        if inner.get("code") == "ResponsibleAIPolicyViolation":
+            return True
+        if "content_filter_result" in inner or "content_filter_results" in inner:
+            return True
+    return False
+
+
+_OVERLOADED = {"server_is_overloaded", "engine_overloaded", "overloaded_error", "server_error"}
+
+
+def classify_error_payload(
+    status: int,
+    payload: Mapping[str, Any] | None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    now: float = 0.0,
+) -> UpstreamError:
+    """The exception for an error ``payload`` (``{"error": {...}}``) seen with ``status``.
+
+    ``status`` may be 200 for an in-band ``data: {"error": ...}`` stream event,
+    which is then classified by its code and type alone (as unavailable when
+    neither says otherwise). ``now`` is wall-clock seconds for HTTP-date
+    retry-after values.
+    """
+    headers = headers or {}
+    payload = payload or {}
+    raw = payload.get("error")
+    err: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    code = _text(err.get("code")) or ""
+    etype = _text(err.get("type")) or ""
+    message = _text(err.get("message")) or f"upstream answered HTTP {status}"
+    kwargs: dict[str, Any] = {
+        "status": status,
+        "body": body,
+        "headers": headers,
+        "payload": payload,
+    }
+    retry_after = parse_retry_after(headers, now)
+
+    if code == "insufficient_quota" or etype == "insufficient_quota":
+        return QuotaExhausted(message, **kwargs)
+    if code == "context_length_exceeded" or "maximum context length" in message:
+        return ContextLengthExceeded(message, **kwargs)
+    if _is_content_filter(err):
+        return ContentFiltered(message, **kwargs)
+    if status in (401, 403) or etype == "authentication_error" or code == "invalid_api_key":
+        return AuthenticationFailed(message, **kwargs)
+    if status == 429 or code in ("rate_limit_exceeded", "429") or etype == "requests":
+        return RateLimited(message, retry_after=retry_after, **kwargs)
+    if status >= 500 or status in (408, 409) or code in _OVERLOADED or etype in _OVERLOADED:
+        return UpstreamUnavailable(message, retry_after=retry_after, **kwargs)
+    if 400 <= status < 500:
+        return InvalidRequest(message, **kwargs)
+    # An in-band error with nothing recognisable: treat as a server-side failure.
+    return UpstreamUnavailable(message, retry_after=retry_after, **kwargs)
+
+
+def classify_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: float = 0.0
+) -> UpstreamError:
+    """The exception for a non-2xx upstream response, whatever its body looks like.
+
+    Bodies that are not OpenAI-shaped JSON (an HTML page from a gateway, plain
+    text, nothing at all) are classified by status alone and keep their bytes.
+    """
+    payload: Any = None
+    if body:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
+        payload = {
+            "error": {
+                "message": f"upstream answered HTTP {status} with a non-OpenAI body",
+                "type": "upstream_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    return classify_error_payload(status, payload, headers=headers, body=body, now=now)
