@@ -1,0 +1,338 @@
+"""Local admission control: requests, tokens and concurrency per minute.
+
+Where it sits in the request flow::
+
+    validate -> [rate limiter] -> circuit breaker -> attempt loop -> upstream
+
+Each call takes one request from the RPM budget, its estimated tokens from
+the TPM budget and one concurrency slot before it may reach upstream. The
+minute budgets are token buckets (capacity = the per-minute value, refilled
+continuously at a sixtieth of it per second). A call that does not fit waits
+in a FIFO queue, at most ``max_queue_wait`` seconds, then gets
+:class:`~.errors.LocalRateLimited` with a ``retry_after`` estimate. When the
+usage is known the TPM charge is corrected (:meth:`RatePermit.settle`).
+
+With ``learn_from_headers`` the limiter also listens to the provider's
+``x-ratelimit-remaining-*``: when the organisation's shared budget is spent
+(other pods use the same key) it holds admissions until the provider's reset
+time instead of letting upstream answer 429.
+
+Refills are waited for with the injected :class:`~.clock.Clock` and freed
+slots with futures, so :class:`~.clock.ManualClock` drives it all in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import TypedDict
+
+from .clock import Clock
+from .config import RateLimitSettings
+from .errors import LocalRateLimited
+from .headers import RateLimitHeaders
+
+__all__ = ["RateLimitSnapshot", "RateLimiter", "RatePermit"]
+
+# Float refills land a hair short of whole numbers; without slack a waiter
+# woken exactly on time would go back to sleep for a nanosecond.
+_EPSILON = 1e-9
+# Slots free up whenever calls end, which nothing predicts; this is only a
+# polite hint for clients rejected on concurrency.
+_CONCURRENCY_RETRY_AFTER = 1.0
+
+
+class RateLimitSnapshot(TypedDict):
+    """Headroom for ``/status`` and metrics; budgets that are off read None."""
+
+    requests_available: float | None
+    tokens_available: float | None
+    in_flight: int
+    max_concurrency: int | None
+    queued: int
+    provider_remaining_requests: int | None
+    provider_remaining_tokens: int | None
+    provider_reset_requests: float | None
+    """Seconds until the provider's request budget resets, while known."""
+    provider_reset_tokens: float | None
+    blocked_until: float | None
+    """Wall-clock epoch seconds until which the provider's headers hold admissions."""
+
+
+class _Bucket:
+    """A token bucket; the level may go negative when usage exceeded the charge."""
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.level = self.capacity
+        self._stamp = now
+
+    def available(self, now: float) -> float:
+        if now > self._stamp:
+            self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
+            self._stamp = now
+        return self.level
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` is available, counting refills only."""
+        deficit = amount - self.available(now)
+        return 0.0 if deficit <= _EPSILON else deficit / self.rate
+
+    def add(self, amount: float, now: float) -> None:
+        self.level = min(self.capacity, self.available(now) + amount)
+
+
+class _Provider:
+    """What the provider last said about one shared budget, spent down locally."""
+
+    def __init__(self) -> None:
+        self.remaining: int | None = None
+        self.reset_at = 0.0
+
+    def wait_for(self, amount: int, now: float) -> float:
+        if self.remaining is None or now >= self.reset_at or amount <= self.remaining:
+            return 0.0
+        return self.reset_at - now
+
+    def observe(self, remaining: int | None, reset: float | None, now: float) -> None:
+        # A count without a reset time cannot say how long to hold: ignore it.
+        if not isinstance(remaining, int) or remaining < 0 or not isinstance(reset, int | float):
+            return
+        if math.isfinite(reset) and reset >= 0:
+            self.remaining, self.reset_at = remaining, now + reset
+
+    def spend(self, amount: int) -> None:
+        # Our own admissions count against the shared budget until the provider
+        # reports again; otherwise "3 left" would admit every queued call.
+        if self.remaining is not None:
+            self.remaining = max(0, self.remaining - amount)
+
+    def known(self, now: float) -> bool:
+        return self.remaining is not None and now < self.reset_at
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    tokens: int
+    wake: asyncio.Future[None] | None = None
+
+
+class RateLimiter:
+    """Admits calls against RPM, TPM and concurrency budgets, first come first served."""
+
+    def __init__(self, settings: RateLimitSettings, clock: Clock) -> None:
+        self.settings = settings
+        self._clock = clock
+        now = clock.monotonic()
+        rpm, tpm = settings.requests_per_minute, settings.tokens_per_minute
+        self._requests = _Bucket(rpm, now) if rpm is not None else None
+        self._tokens = _Bucket(tpm, now) if tpm is not None else None
+        self._in_flight = 0
+        self._queue: deque[_Waiter] = deque()
+        self._provider_requests = _Provider()
+        self._provider_tokens = _Provider()
+
+    async def acquire(self, estimated_tokens: int) -> RatePermit:
+        """Wait for room for one call, or raise :class:`LocalRateLimited`.
+
+        An estimate above the whole TPM capacity is charged as the capacity:
+        the call could never fit otherwise, and a full bucket is the most the
+        limiter can ask for. Negative estimates count as zero.
+        """
+        charge = max(0, estimated_tokens)
+        if self._tokens is not None:
+            charge = min(charge, int(self._tokens.capacity))
+        if not self._queue and self._blocker(charge) is None:
+            return self._admit(estimated_tokens, charge)
+        start = self._clock.monotonic()
+        deadline = start + self.settings.max_queue_wait
+        # Refills are predictable: refuse at once when the budgets cannot cover
+        # this call and everyone queued ahead of it in time.
+        limit, wait = self._estimate(len(self._queue), charge)
+        if limit is not None and wait > self.settings.max_queue_wait:
+            raise self._reject(limit, wait, 0.0)
+        waiter = _Waiter(charge)
+        self._queue.append(waiter)
+        try:
+            while True:
+                now = self._clock.monotonic()
+                remaining = deadline - now
+                if self._queue[0] is not waiter:
+                    if remaining <= 0:
+                        position = self._queue.index(waiter)
+                        raise self._reject(*self._estimate(position, charge), now - start)
+                    await self._wait(waiter, remaining)
+                    continue
+                blocker = self._blocker(charge)
+                if blocker is None:
+                    self._queue.popleft()
+                    return self._admit(estimated_tokens, charge)
+                limit, wait = blocker
+                if wait > remaining or remaining <= 0:
+                    raise self._reject(limit, wait, now - start)
+                # Sleep until the refill; a freed slot or a refund wakes us earlier.
+                await self._wait(waiter, min(wait, remaining) if wait > 0 else remaining)
+        finally:
+            if waiter in self._queue:  # timed out or cancelled: give the place up
+                self._queue.remove(waiter)
+                self._wake_head()
+
+    def observe_headers(self, headers: RateLimitHeaders) -> None:
+        """Learn the shared budget from a response's ``x-ratelimit-*`` headers."""
+        if not self.settings.learn_from_headers:
+            return
+        now = self._clock.monotonic()
+        self._provider_requests.observe(headers.remaining_requests, headers.reset_requests, now)
+        self._provider_tokens.observe(headers.remaining_tokens, headers.reset_tokens, now)
+        # The new numbers may be kinder than the old ones.
+        self._wake_head()
+
+    def snapshot(self) -> RateLimitSnapshot:
+        now = self._clock.monotonic()
+        preq, ptok = self._provider_requests, self._provider_tokens
+        # A hold concerns the next caller: the head of the queue, or a small newcomer.
+        next_tokens = self._queue[0].tokens if self._queue else 1
+        blocked = max(preq.wait_for(1, now), ptok.wait_for(next_tokens, now))
+        return {
+            "requests_available": self._requests.available(now) if self._requests else None,
+            "tokens_available": self._tokens.available(now) if self._tokens else None,
+            "in_flight": self._in_flight,
+            "max_concurrency": self.settings.max_concurrency,
+            "queued": len(self._queue),
+            "provider_remaining_requests": preq.remaining if preq.known(now) else None,
+            "provider_remaining_tokens": ptok.remaining if ptok.known(now) else None,
+            "provider_reset_requests": preq.reset_at - now if preq.known(now) else None,
+            "provider_reset_tokens": ptok.reset_at - now if ptok.known(now) else None,
+            "blocked_until": self._clock.time() + blocked if blocked > 0 else None,
+        }
+
+    # -- called by RatePermit ----------------------------------------------------
+
+    def _settle(self, charged: int, actual_tokens: int | None) -> None:
+        if actual_tokens is not None and self._tokens is not None:
+            # Refunds stop at capacity; extra usage may leave the bucket in debt.
+            self._tokens.add(charged - max(0, actual_tokens), self._clock.monotonic())
+        self._free_slot()
+
+    def _free_slot(self) -> None:
+        self._in_flight -= 1
+        self._wake_head()
+
+    # -- internals ---------------------------------------------------------------
+
+    def _admit(self, estimated_tokens: int, charge: int) -> RatePermit:
+        now = self._clock.monotonic()
+        if self._requests is not None:
+            self._requests.add(-1, now)
+        if self._tokens is not None:
+            self._tokens.add(-charge, now)
+        self._provider_requests.spend(1)
+        self._provider_tokens.spend(charge)
+        self._in_flight += 1
+        # Budgets may allow the next in line too.
+        self._wake_head()
+        return RatePermit(self, estimated_tokens, charge)
+
+    def _blocker(self, charge: int) -> tuple[str, float] | None:
+        """What keeps the head of the queue out, and for how long (0 = unknown)."""
+        limit, wait = self._estimate(0, charge)
+        if limit is not None:
+            return limit, wait
+        cap = self.settings.max_concurrency
+        if cap is not None and self._in_flight >= cap:
+            return "concurrency", 0.0
+        return None
+
+    def _estimate(self, position: int, tokens: int) -> tuple[str | None, float]:
+        """The budget that keeps a caller at ``position`` waiting longest, and how long.
+
+        Counts refills and provider resets for the callers ahead and this one;
+        concurrency is left out since nothing predicts when slots free up.
+        """
+        now = self._clock.monotonic()
+        requests = position + 1
+        tokens += sum(w.tokens for w in itertools.islice(self._queue, position))
+        waits = [
+            (self._requests.wait_for(requests, now) if self._requests else 0.0, "requests"),
+            (self._tokens.wait_for(tokens, now) if self._tokens else 0.0, "tokens"),
+            (self._provider_requests.wait_for(requests, now), "requests"),
+            (self._provider_tokens.wait_for(tokens, now), "tokens"),
+        ]
+        wait, limit = max(waits, key=lambda pair: pair[0])
+        return (limit, wait) if wait > 0 else (None, 0.0)
+
+    def _reject(self, limit: str | None, wait: float, waited: float) -> LocalRateLimited:
+        limit = limit or "concurrency"
+        return LocalRateLimited(
+            f"local {limit} budget exhausted: not admitted after {waited:.3f}s in the queue"
+            f" (limit {self.settings.max_queue_wait:g}s)",
+            retry_after=wait if wait > 0 else _CONCURRENCY_RETRY_AFTER,
+            limit=limit,
+        )
+
+    async def _wait(self, waiter: _Waiter, seconds: float) -> None:
+        """Until ``seconds`` of clock time pass or someone wakes ``waiter``."""
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter.wake = wake
+
+        def ring(_: object) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        timer = asyncio.create_task(self._clock.sleep(seconds))
+        timer.add_done_callback(ring)
+        try:
+            await wake
+        finally:
+            waiter.wake = None
+            timer.cancel()
+
+    def _wake_head(self) -> None:
+        if self._queue:
+            wake = self._queue[0].wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+
+class RatePermit:
+    """One admitted call; give its slot back exactly once.
+
+    :meth:`settle` (with real usage) or :meth:`release` (error or cancel);
+    whichever comes first counts. As a context manager an unsettled permit is
+    released on exit, so no path leaks a concurrency slot.
+    """
+
+    __slots__ = ("_done", "_limiter", "estimated_tokens", "tokens")
+
+    def __init__(self, limiter: RateLimiter, estimated_tokens: int, tokens: int) -> None:
+        self._limiter = limiter
+        self._done = False
+        self.estimated_tokens = estimated_tokens
+        self.tokens = tokens
+        """Tokens charged to the TPM budget (the estimate, clamped)."""
+
+    @property
+    def settled(self) -> bool:
+        return self._done
+
+    def settle(self, actual_tokens: int | None) -> None:
+        """Correct the TPM charge to ``actual_tokens`` (None keeps it) and free the slot."""
+        if not self._done:
+            self._done = True
+            self._limiter._settle(self.tokens, actual_tokens)
+
+    def release(self) -> None:
+        """Free the slot, keeping the estimate charged."""
+        if not self._done:
+            self._done = True
+            self._limiter._free_slot()
+
+    def __enter__(self) -> RatePermit:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
