@@ -73,13 +73,17 @@ def _parse_go(text: str) -> float:
     return total
 
 
+def _decimal(value: float, places: int) -> str:
+    """``value`` in plain notation (never ``1e-07``, which would not parse back)."""
+    return f"{value:.{places}f}".rstrip("0").rstrip(".") or "0"
+
+
 def format_duration(seconds: float) -> str:
-    """The shortest Go-style spelling of ``seconds`` (``0.25`` -> ``250ms``)."""
+    """The shortest Go-style spelling of ``seconds`` (``0.25`` -> ``250ms``), to the nanosecond."""
     if seconds == 0:
         return "0s"
     if seconds < 1:
-        ms = seconds * 1000
-        return f"{ms:g}ms"
+        return f"{_decimal(seconds * 1000, 6)}ms"
     whole_minutes, rest = divmod(seconds, 60)
     hours, minutes = divmod(int(whole_minutes), 60)
     out = ""
@@ -88,7 +92,7 @@ def format_duration(seconds: float) -> str:
     if minutes:
         out += f"{minutes}m"
     if rest or not out:
-        out += f"{round(rest, 6):g}s"
+        out += f"{_decimal(rest, 9)}s"
     return out
 
 

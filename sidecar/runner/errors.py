@@ -14,7 +14,8 @@
     ├── UpstreamTimeout             connect / first byte / stream idle / total     [retryable]
     ├── TransportError              refused, reset, truncated or garbled responses [retryable]
     ├── CircuitOpen                 the breaker is open; retry_after says for how long
-    └── LocalRateLimited            our own limiter gave up waiting; retry_after too
+    ├── LocalRateLimited            our own limiter gave up waiting; retry_after too
+    └── CredentialUnavailable       no API key could be loaded (missing, empty, unreadable)
 
     * a 401 makes the runner re-read the credential once; see ``runner.py``.
 
@@ -38,6 +39,7 @@ __all__ = [
     "CircuitOpen",
     "ContentFiltered",
     "ContextLengthExceeded",
+    "CredentialUnavailable",
     "InvalidRequest",
     "LocalRateLimited",
     "QuotaExhausted",
@@ -237,6 +239,14 @@ class LocalRateLimited(RunnerError):
         return self._retry_after
 
 
+class CredentialUnavailable(RunnerError):
+    """No API key could be loaded; the message says where from, never what."""
+
+    status = 503
+    code = "credential_unavailable"
+    error_type = "server_error"
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -316,7 +326,8 @@ def classify_response(
     if body:
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: absurdly nested JSON must not escape classification.
             payload = None
     if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
         payload = {

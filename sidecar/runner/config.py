@@ -1,0 +1,256 @@
+"""The runner's configuration: which upstream, which key, and every policy knob.
+
+This is the innermost config contract: the sidecar's config file extends it,
+and the operator renders it from an ``OpenAiRuntime`` spec. Field names are
+snake_case in Python and camelCase on the wire (JSON, YAML, Kubernetes), and
+every duration accepts Go-style strings (``250ms``, ``1m30s``) or seconds.
+Everything except the variant and the key reference has a default.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any, Self
+from urllib.parse import quote
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from .durations import Duration
+from .pricing import ModelPrice
+
+__all__ = [
+    "AzureVariant",
+    "CircuitBreakerSettings",
+    "DirectVariant",
+    "OpenAiConfig",
+    "RateLimitSettings",
+    "RetrySettings",
+    "SecretRef",
+    "TimeoutSettings",
+    "Variant",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SecretRef(_Model):
+    """Where the API key lives: exactly one of an environment variable or a file.
+
+    A file (a mounted Secret volume) is what rotates without a restart;
+    an environment variable is fixed for the life of the process.
+    """
+
+    env: str | None = Field(default=None, min_length=1, description="Environment variable name.")
+    file: str | None = Field(
+        default=None, min_length=1, description="Path of a file holding the key."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of 'env' or 'file'")
+        return self
+
+    def describe(self) -> str:
+        """Where the key comes from, for logs and status (never the key)."""
+        return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
+
+
+class DirectVariant(_Model):
+    """api.openai.com or any OpenAI-compatible endpoint, authenticated with a Bearer token."""
+
+    endpoint: str = Field(
+        default="https://api.openai.com/v1",
+        pattern=r"^https?://[^\s/]+",
+        description="Base URL; /chat/completions is appended.",
+    )
+    organization: str | None = Field(default=None, description="Sent as OpenAI-Organization.")
+    project: str | None = Field(default=None, description="Sent as OpenAI-Project.")
+
+    def chat_completions_url(self) -> str:
+        return self.endpoint.rstrip("/") + "/chat/completions"
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {key}"}
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        if self.project:
+            headers["OpenAI-Project"] = self.project
+        return headers
+
+    @property
+    def name(self) -> str:
+        return "direct"
+
+
+def _date_as_text(value: Any) -> Any:
+    # YAML reads an unquoted ``apiVersion: 2024-10-21`` as a date, not a string.
+    return value.isoformat() if type(value) is datetime.date else value
+
+
+ApiVersion = Annotated[str, BeforeValidator(_date_as_text)]
+
+
+class AzureVariant(_Model):
+    """Azure OpenAI: one deployment of one resource, authenticated with the ``api-key`` header."""
+
+    resource: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$",
+        description="Resource name: https://{resource}.openai.azure.com.",
+    )
+    deployment: str = Field(min_length=1, description="Deployment name (chooses the model).")
+    api_version: ApiVersion = Field(
+        default="2024-10-21", min_length=1, description="api-version query."
+    )
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+",
+        description="Base URL instead of the resource's (private endpoints, APIM, tests).",
+    )
+
+    @model_validator(mode="after")
+    def _resource_or_endpoint(self) -> Self:
+        if self.resource is None and self.endpoint is None:
+            raise ValueError("set 'resource' or 'endpoint'")
+        return self
+
+    def base_url(self) -> str:
+        if self.endpoint is not None:
+            return self.endpoint.rstrip("/")
+        return f"https://{self.resource}.openai.azure.com"
+
+    def chat_completions_url(self) -> str:
+        return (
+            f"{self.base_url()}/openai/deployments/{quote(self.deployment, safe='')}"
+            f"/chat/completions?api-version={quote(self.api_version, safe='')}"
+        )
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"api-key": key}
+
+    @property
+    def name(self) -> str:
+        return "azure"
+
+
+class Variant(_Model):
+    """Exactly one of ``direct`` or ``azure``."""
+
+    direct: DirectVariant | None = None
+    azure: AzureVariant | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.direct is None) == (self.azure is None):
+            raise ValueError("set exactly one of 'direct' or 'azure'")
+        return self
+
+    @property
+    def selected(self) -> DirectVariant | AzureVariant:
+        chosen = self.direct if self.direct is not None else self.azure
+        assert chosen is not None  # guaranteed by the validator
+        return chosen
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class RateLimitSettings(_Model):
+    """Local admission control. ``null`` (None) switches a budget off."""
+
+    requests_per_minute: PositiveInt | None = Field(default=500, description="Requests per minute.")
+    tokens_per_minute: PositiveInt | None = Field(
+        default=200_000,
+        description="Tokens per minute, pre-charged from an estimate and corrected with usage.",
+    )
+    max_concurrency: PositiveInt | None = Field(default=64, description="Calls in flight at once.")
+    max_queue_wait: Duration = Field(
+        default=2.0, description="Seconds a call may wait for a budget before a local 429."
+    )
+    learn_from_headers: bool = Field(
+        default=True,
+        description="Back off when x-ratelimit-remaining-* says the shared budget is spent.",
+    )
+
+
+class RetrySettings(_Model):
+    """How often and how patiently a failed call is tried again."""
+
+    max_attempts: PositiveInt = Field(
+        default=3, le=20, description="Attempts in all, first included."
+    )
+    initial_backoff: Duration = Field(default=0.5, description="Seconds before the second attempt.")
+    max_backoff: Duration = Field(default=8.0, description="Cap of the doubling backoff, seconds.")
+    max_retry_after: Duration = Field(
+        default=120.0,
+        description="Longest provider retry-after honoured; beyond it the 429 is surfaced.",
+    )
+    jitter: float = Field(
+        default=0.25, ge=0, le=1, description="Backoff is reduced by up to this random fraction."
+    )
+
+
+class CircuitBreakerSettings(_Model):
+    """Stop calling an unhealthy upstream for a while (only 5xx, timeouts, transport count)."""
+
+    failure_threshold: PositiveInt = Field(default=5, description="Consecutive failures to open.")
+    open_duration: Duration = Field(default=30.0, description="Seconds open before probing.")
+    half_open_probes: PositiveInt = Field(
+        default=1, description="Concurrent probes when half-open."
+    )
+
+
+class TimeoutSettings(_Model):
+    """Upper bounds on each phase of a call, in seconds."""
+
+    connect: Duration = Field(default=5.0, description="TCP + TLS connect.")
+    first_byte: Duration = Field(
+        default=60.0,
+        description="Streams: from sending the request to the first response byte.",
+    )
+    stream_idle: Duration = Field(default=60.0, description="Streams: longest gap between chunks.")
+    total: Duration = Field(
+        default=600.0, description="The whole call, retries and backoff included."
+    )
+
+
+class OpenAiConfig(_Model):
+    """Everything the runner needs to talk to one OpenAI or Azure OpenAI upstream."""
+
+    variant: Variant
+    api_key: SecretRef
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    retry: RetrySettings = RetrySettings()
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    timeouts: TimeoutSettings = TimeoutSettings()
+    pricing: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="Per-model price overrides, USD per 1M tokens."
+    )
+
+    @classmethod
+    def defaults_for_openai(cls, api_key: SecretRef, **overrides: Any) -> OpenAiConfig:
+        """api.openai.com with the default policies."""
+        return cls(variant=Variant(direct=DirectVariant()), api_key=api_key, **overrides)
+
+    @classmethod
+    def defaults_for_azure(
+        cls,
+        api_key: SecretRef,
+        *,
+        resource: str,
+        deployment: str,
+        api_version: str = "2024-10-21",
+        **overrides: Any,
+    ) -> OpenAiConfig:
+        """One Azure OpenAI deployment with the default policies."""
+        azure = AzureVariant(resource=resource, deployment=deployment, api_version=api_version)
+        return cls(variant=Variant(azure=azure), api_key=api_key, **overrides)

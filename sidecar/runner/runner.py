@@ -1,0 +1,408 @@
+"""The runner: one OpenAI / Azure OpenAI upstream behind every policy.
+
+Flow of one call (``chat`` or ``stream``)::
+
+    body -> estimate tokens -> RateLimiter.acquire -> attempt loop:
+        CircuitBreaker.acquire -> credential snapshot -> Transport.send
+        -> classify (errors.py) -> RetryPolicy.decide -> clock.sleep -> ...
+    -> usage -> cost (pricing.py) -> CallInfo
+
+A call takes the credential snapshot once and keeps it for all its attempts,
+so a rotation never changes the key under a request; the one exception is a
+401, after which the key is re-read at once and, if it changed, the call is
+tried once more with the new one. Streams are retried only until their first
+event has been decoded: after that the caller may already have bytes, and a
+second answer would be spliced onto the first.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from .breaker import CircuitBreaker, CircuitPermit
+from .clock import Clock, SystemClock
+from .config import OpenAiConfig
+from .credentials import CredentialSnapshot, CredentialStore
+from .errors import AuthenticationFailed, RunnerError, TransportError, classify_response
+from .headers import parse_rate_limit_headers
+from .pricing import Cost, PricingTable
+from .ratelimit import RateLimiter, RatePermit
+from .results import CallInfo, ChatResult, Usage
+from .retrying import RetryPolicy
+from .streaming import StreamAttempt, open_stream
+from .tokens import estimate_prompt_tokens, max_output_tokens
+from .transport import Transport
+
+__all__ = ["AttemptObserver", "ChatStream", "OpenAiRunner"]
+
+T = TypeVar("T")
+
+# Without max_tokens, the limiter pre-charges this many output tokens; the
+# real usage corrects the charge as soon as the call ends.
+DEFAULT_OUTPUT_ESTIMATE = 1024
+USER_AGENT = "openai-runtime/0.1"
+
+
+class AttemptObserver(Protocol):
+    """Per-attempt hooks, e.g. for one tracing span per upstream attempt."""
+
+    def attempt_started(self, attempt: int) -> Mapping[str, str]:
+        """Called before each attempt; returns headers to send upstream (trace context)."""
+        ...
+
+    def attempt_finished(self, attempt: int, status: int | None, error: RunnerError | None) -> None:
+        """Called when an attempt got its answer (for streams: its first event) or failed."""
+        ...
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+class OpenAiRunner:
+    """Calls one upstream with retries, breaker, limits, timeouts and cost accounting."""
+
+    def __init__(
+        self,
+        config: OpenAiConfig,
+        credentials: CredentialStore,
+        *,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+        pricing: PricingTable | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.clock: Clock = clock or SystemClock()
+        self._base_pricing = pricing or PricingTable.published()
+        self._rng = rng or random.Random()
+        self.transport = transport or Transport(config.timeouts)
+        self._config = config
+        self.breaker = CircuitBreaker(config.circuit_breaker, self.clock)
+        self.limiter = RateLimiter(config.rate_limits, self.clock)
+        self._apply(config)
+
+    def _apply(self, config: OpenAiConfig) -> None:
+        self._config = config
+        self.retry_policy = RetryPolicy(config.retry, self._rng)
+        self.pricing = self._base_pricing.with_overrides(config.pricing)
+        self.transport.timeouts = config.timeouts
+        variant = config.variant.selected
+        self._variant = variant
+        self._url = variant.chat_completions_url()
+        self._server_address = urlsplit(self._url).hostname or ""
+
+    @property
+    def config(self) -> OpenAiConfig:
+        return self._config
+
+    def reconfigure(self, config: OpenAiConfig) -> None:
+        """Apply a new config to calls that start from now on.
+
+        The breaker and limiter keep their state unless their own settings
+        changed, so a pricing edit does not forget that upstream is down.
+        """
+        if config.circuit_breaker != self._config.circuit_breaker:
+            self.breaker = CircuitBreaker(config.circuit_breaker, self.clock)
+        if config.rate_limits != self._config.rate_limits:
+            self.limiter = RateLimiter(config.rate_limits, self.clock)
+        self._apply(config)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    # -- estimates ---------------------------------------------------------
+
+    def estimate_tokens(self, body: Mapping[str, Any]) -> tuple[int, int]:
+        """(prompt, output) token estimates for the limiter and the cost estimate."""
+        output = max_output_tokens(body, default=DEFAULT_OUTPUT_ESTIMATE)
+        return estimate_prompt_tokens(body), output
+
+    def estimate_cost(self, body: Mapping[str, Any]) -> Cost:
+        """The most this call can cost before it is made (prompt estimate + max output)."""
+        prompt, output = self.estimate_tokens(body)
+        model = _text(body.get("model"))
+        return self.pricing.cost(
+            model=model, prompt_tokens=prompt, completion_tokens=output, estimated=True
+        )
+
+    # -- calls -------------------------------------------------------------
+
+    def _new_info(self, body: Mapping[str, Any], stream: bool) -> CallInfo:
+        return CallInfo(
+            stream=stream,
+            variant=self._variant.name,
+            server_address=self._server_address,
+            request_model=_text(body.get("model")),
+            started_at=self.clock.monotonic(),
+        )
+
+    def _encode(self, body: Mapping[str, Any], stream: bool, info: CallInfo) -> bytes:
+        payload = dict(body)
+        if stream:
+            options = payload.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            info.usage_requested = options.get("include_usage") is True
+            options["include_usage"] = True
+            payload["stream"] = True
+            payload["stream_options"] = options
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def _headers(
+        self,
+        snapshot: CredentialSnapshot,
+        extra: Mapping[str, str] | None,
+        stream: bool,
+    ) -> dict[str, str]:
+        headers = dict(extra or {})
+        headers.update(self._variant.auth_headers(snapshot.value))
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "text/event-stream" if stream else "application/json"
+        headers["User-Agent"] = USER_AGENT
+        return headers
+
+    def _observe(self, info: CallInfo, headers: Mapping[str, str]) -> None:
+        info.status = None
+        info.request_id = headers.get("x-request-id") or headers.get("apim-request-id")
+        raw_ms = headers.get("openai-processing-ms")
+        try:
+            info.processing_ms = float(raw_ms) if raw_ms is not None else None
+        except ValueError:
+            info.processing_ms = None
+        limits = parse_rate_limit_headers(headers)
+        if not limits.empty:
+            info.rate_limits = limits
+            self.limiter.observe_headers(limits)
+
+    async def _attempts(
+        self,
+        info: CallInfo,
+        send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
+        extra_headers: Mapping[str, str] | None,
+        observer: AttemptObserver | None,
+    ) -> tuple[T, CircuitPermit]:
+        """Run attempts until one succeeds or the policy gives up; the winner's permit is open."""
+        deadline = info.started_at + self._config.timeouts.total
+        snapshot = self.credentials.require()
+        reread = False
+        attempt = 0
+        while True:
+            attempt += 1
+            info.attempts = attempt
+            info.credential_fingerprint = snapshot.fingerprint
+            try:
+                permit = self.breaker.acquire()
+            except RunnerError as err:
+                err.attempts = attempt - 1
+                raise
+            headers = dict(extra_headers or {})
+            if observer is not None:
+                headers.update(observer.attempt_started(attempt))
+            try:
+                budget = deadline - self.clock.monotonic()
+                result = await send(snapshot, headers, budget)
+            except RunnerError as err:
+                if err.health_failure:
+                    permit.failure()
+                else:
+                    permit.success()
+                if observer is not None:
+                    observer.attempt_finished(attempt, getattr(err, "status", None), err)
+                if isinstance(err, AuthenticationFailed) and err.status == 401 and not reread:
+                    reread = True
+                    fresh = self.credentials.reload().snapshot
+                    if fresh is not None and fresh.fingerprint != snapshot.fingerprint:
+                        snapshot = fresh
+                        continue
+                decision = self.retry_policy.decide(err, attempt)
+                remaining = deadline - self.clock.monotonic()
+                if not decision.retry or decision.delay >= remaining:
+                    err.attempts = attempt
+                    raise
+                await self.clock.sleep(decision.delay)
+            except BaseException:
+                permit.release()
+                raise
+            else:
+                if observer is not None:
+                    observer.attempt_finished(attempt, 200, None)
+                return result, permit
+
+    def _finish(self, info: CallInfo, permit: RatePermit, usage: Usage | None) -> None:
+        info.duration = self.clock.monotonic() - info.started_at
+        if usage is not None:
+            info.usage = usage
+            info.cost = self.pricing.cost(
+                model=info.response_model,
+                fallback_model=info.request_model,
+                prompt_tokens=usage.prompt_tokens,
+                cached_tokens=usage.cached_tokens,
+                completion_tokens=usage.completion_tokens,
+                estimated=info.usage_estimated,
+            )
+            permit.settle(usage.total_tokens)
+        else:
+            permit.release()
+
+    async def chat(
+        self,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        observer: AttemptObserver | None = None,
+    ) -> ChatResult:
+        """A non-streaming chat completion. Raises the runner's errors after retries."""
+        info = self._new_info(body, stream=False)
+        data = self._encode(body, False, info)
+        prompt, output = self.estimate_tokens(body)
+        rate_permit = await self.limiter.acquire(prompt + output)
+
+        async def send(
+            snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
+        ) -> tuple[int, dict[str, str], bytes, dict[str, Any]]:
+            response = await self.transport.send(
+                self._url, self._headers(snapshot, extra, False), data, stream=False, budget=budget
+            )
+            self._observe(info, response.headers)
+            raw = await response.read()
+            upstream_headers = dict(response.headers)
+            if not 200 <= response.status < 300:
+                raise classify_response(
+                    response.status, upstream_headers, raw, now=self.clock.time()
+                )
+            try:
+                payload = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                payload = None
+            if not isinstance(payload, dict):
+                raise TransportError(f"upstream answered {response.status} with a non-JSON body")
+            return response.status, upstream_headers, raw, payload
+
+        try:
+            (status, upstream_headers, raw, payload), permit = await self._attempts(
+                info, send, headers, observer
+            )
+        except RunnerError as err:
+            info.error = err
+            self._finish(info, rate_permit, None)
+            raise
+        except BaseException:
+            rate_permit.release()
+            raise
+        permit.success()
+        info.status = status
+        info.response_model = _text(payload.get("model"))
+        info.response_id = _text(payload.get("id"))
+        choices = payload.get("choices")
+        if isinstance(choices, list):
+            info.finish_reasons = [
+                reason
+                for choice in choices
+                if isinstance(choice, dict) and (reason := _text(choice.get("finish_reason")))
+            ]
+        usage = Usage.from_payload(payload.get("usage"))
+        self._finish(info, rate_permit, usage)
+        return ChatResult(status, upstream_headers, raw, payload, info)
+
+    async def stream(
+        self,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        observer: AttemptObserver | None = None,
+    ) -> ChatStream:
+        """A streaming chat completion, returned once upstream's first event arrived.
+
+        Errors before that point are raised here (after retries); later ones are
+        raised while iterating the returned :class:`ChatStream`.
+        """
+        info = self._new_info(body, stream=True)
+        data = self._encode(body, True, info)
+        prompt, output = self.estimate_tokens(body)
+        rate_permit = await self.limiter.acquire(prompt + output)
+
+        async def send(
+            snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
+        ) -> StreamAttempt:
+            response = await self.transport.send(
+                self._url, self._headers(snapshot, extra, True), data, stream=True, budget=budget
+            )
+            self._observe(info, response.headers)
+            return await open_stream(response, info, now=self.clock.time())
+
+        try:
+            attempt, permit = await self._attempts(info, send, headers, observer)
+        except RunnerError as err:
+            info.error = err
+            self._finish(info, rate_permit, None)
+            raise
+        except BaseException:
+            rate_permit.release()
+            raise
+        permit.success()
+        info.status = attempt.status
+        info.time_to_first_byte = self.clock.monotonic() - info.started_at
+        prompt_estimate = prompt
+        return ChatStream(self, attempt, info, rate_permit, prompt_estimate)
+
+
+class ChatStream:
+    """Upstream's SSE bytes, frame by frame, as they should be forwarded.
+
+    Iterate it for the bytes to send to the client; read :attr:`info` when the
+    iteration ended. Always iterate to the end or call :meth:`aclose` (the
+    upstream connection is closed and the rate-limit slot freed there).
+    """
+
+    def __init__(
+        self,
+        runner: OpenAiRunner,
+        attempt: StreamAttempt,
+        info: CallInfo,
+        rate_permit: RatePermit,
+        prompt_estimate: int,
+    ) -> None:
+        self._runner = runner
+        self._attempt = attempt
+        self.info = info
+        self.status = attempt.status
+        self.headers = attempt.headers
+        self._rate_permit = rate_permit
+        self._prompt_estimate = prompt_estimate
+        self._iterator = self._run()
+        self._finished = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterator
+
+    async def _run(self) -> AsyncIterator[bytes]:
+        attempt = self._attempt
+        try:
+            async for data in attempt.forward():
+                yield data
+        except RunnerError as err:
+            self.info.error = err
+            raise
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        attempt = self._attempt
+        attempt.close()
+        usage = attempt.usage
+        if usage is None:
+            usage = attempt.estimate_usage(self._prompt_estimate)
+            self.info.usage_estimated = True
+        self._runner._finish(self.info, self._rate_permit, usage)
+
+    async def aclose(self) -> None:
+        """Stop early (the client went away): close upstream, settle the books."""
+        await self._iterator.aclose()  # type: ignore[attr-defined]
+        self._close()

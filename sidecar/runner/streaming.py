@@ -1,0 +1,191 @@
+"""Reading an upstream SSE stream while forwarding it untouched.
+
+The runner hands a streaming response here. :func:`open_stream` reads until
+the first event is decoded (until then the attempt may still be retried),
+then :meth:`StreamAttempt.forward` yields the bytes to pass on, frame by
+frame, exactly as upstream sent them, while watching each event for the
+response id, model, finish reasons, usage and in-band errors. The one frame
+that may be held back is the usage-only chunk the runner asked for on the
+caller's behalf. Azure's quirks are tolerated: a first chunk with empty
+``choices`` / ``id`` / ``model``, filter-only chunks without ``delta``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .errors import RunnerError, TransportError, classify_error_payload, classify_response
+from .results import CallInfo, Usage
+from .sse import SSEDecoder, SSEFrame
+from .transport import UpstreamResponse
+
+__all__ = ["StreamAttempt", "open_stream"]
+
+
+class StreamAttempt:
+    """One upstream stream that delivered its first event."""
+
+    def __init__(self, response: UpstreamResponse, info: CallInfo, now: float) -> None:
+        self._response = response
+        self._chunks = response.chunks().__aiter__()
+        self._decoder = SSEDecoder()
+        self._info = info
+        self._now = now
+        self._buffered: list[bytes] = []
+        self._finish_by_choice: dict[int, str] = {}
+        self.status = response.status
+        self.headers = dict(response.headers)
+        self.usage: Usage | None = None
+        self.output_chars = 0
+        self.done = False
+        self.events = 0
+        self.error: RunnerError | None = None
+        self.error_event = 0
+        """Which event (1-based) carried an in-band error."""
+        self._closed = False
+
+    # -- frames ------------------------------------------------------------
+
+    def _process(self, frame: SSEFrame) -> bool:
+        """Record what ``frame`` says; return whether to forward it."""
+        data = frame.data
+        if data is None:
+            return True
+        self.events += 1
+        if data == "[DONE]":
+            self.done = True
+            return True
+        try:
+            chunk: Any = json.loads(data)
+        except ValueError:
+            return True  # not ours to judge: pass it on as upstream sent it
+        if not isinstance(chunk, dict):
+            return True
+        if "error" in chunk:
+            self.error_event = self.events
+            self.error = classify_error_payload(
+                200, chunk, headers=self.headers, body=data.encode("utf-8"), now=self._now
+            )
+            return True
+        info = self._info
+        if info.response_id is None and (rid := chunk.get("id")) and isinstance(rid, str):
+            info.response_id = rid
+        if info.response_model is None and (model := chunk.get("model")) and isinstance(model, str):
+            info.response_model = model
+        choices = chunk.get("choices")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = Usage.from_payload(usage)
+            if choices == [] and not info.usage_requested:
+                return False
+        if isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                reason = choice.get("finish_reason")
+                index = choice.get("index", 0)
+                if isinstance(reason, str) and reason and isinstance(index, int):
+                    self._finish_by_choice[index] = reason
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    self.output_chars += _delta_chars(delta)
+            info.finish_reasons = list(self._finish_by_choice.values())
+        return True
+
+    def _feed(self, frames: list[SSEFrame]) -> list[bytes]:
+        return [frame.raw for frame in frames if self._process(frame)]
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def prime(self) -> None:
+        """Read until the first event; raise (retryably) if the stream fails before it."""
+        try:
+            while self.events == 0:
+                try:
+                    chunk = await anext(self._chunks)
+                except StopAsyncIteration:
+                    self._buffered.extend(self._feed(self._decoder.flush()))
+                    break
+                self._buffered.extend(self._feed(self._decoder.feed(chunk)))
+            # An error as the very first event means nothing useful was sent:
+            # retryable. After real events it belongs to the committed stream.
+            if self.error is not None and self.error_event == 1:
+                raise self.error
+            if self.events == 0:
+                raise TransportError("upstream stream ended before its first event")
+        except BaseException:
+            self.close()
+            raise
+
+    async def forward(self) -> AsyncIterator[bytes]:
+        """The bytes to send on, as they arrive; raises if the stream fails or is cut."""
+        if self._buffered:
+            out, self._buffered = b"".join(self._buffered), []
+            yield out
+        async for chunk in self._chunks:
+            forward = self._feed(self._decoder.feed(chunk))
+            if forward:
+                yield b"".join(forward)
+        tail = self._feed(self._decoder.flush())
+        if tail:
+            yield b"".join(tail)
+        if self.error is not None:
+            raise self.error
+        if not self.done:
+            raise TransportError("upstream stream ended before [DONE]")
+
+    def close(self) -> None:
+        """Release the connection: back to the pool when finished, dropped otherwise."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.done:
+            self._response.release()
+        else:
+            self._response.close()
+
+    def estimate_usage(self, prompt_estimate: int) -> Usage:
+        """Usage for a stream cut before upstream reported it."""
+        completion = (self.output_chars + 3) // 4 if self.output_chars else 0
+        return Usage(
+            prompt_tokens=prompt_estimate,
+            completion_tokens=completion,
+            total_tokens=prompt_estimate + completion,
+        )
+
+
+def _delta_chars(delta: dict[str, Any]) -> int:
+    chars = 0
+    for key in ("content", "refusal", "reasoning_content"):
+        value = delta.get(key)
+        if isinstance(value, str):
+            chars += len(value)
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                for key in ("name", "arguments"):
+                    value = function.get(key)
+                    if isinstance(value, str):
+                        chars += len(value)
+    return chars
+
+
+async def open_stream(response: UpstreamResponse, info: CallInfo, *, now: float) -> StreamAttempt:
+    """Check the answer to a stream request and read up to its first event."""
+    headers = dict(response.headers)
+    if not 200 <= response.status < 300:
+        raise classify_response(response.status, headers, await response.read(), now=now)
+    content_type = headers.get("Content-Type", headers.get("content-type", ""))
+    if "text/event-stream" not in content_type:
+        body = await response.read()
+        error = classify_response(response.status, headers, body, now=now)
+        if error.payload.get("error", {}).get("type") != "upstream_error":
+            raise error  # an OpenAI-shaped error object delivered with a 2xx status
+        raise TransportError(f"upstream answered a stream request with {content_type or 'no type'}")
+    attempt = StreamAttempt(response, info, now)
+    await attempt.prime()
+    return attempt
