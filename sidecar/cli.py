@@ -1,0 +1,69 @@
+"""``openai-runtime``: the one command, with a subcommand per job.
+
+Subcommands import their modules lazily so that each process loads only what
+its job needs (the sidecar must never pay for the operator's kopf and
+kubernetes imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main"]
+
+
+def _fake_upstream(argv: Sequence[str]) -> int:
+    from .fakeupstream import main as fake_main
+
+    return fake_main(list(argv))
+
+
+def _chat(argv: Sequence[str]) -> int:
+    from .tools import chat_main
+
+    return chat_main(argv)
+
+
+def _pricing(argv: Sequence[str]) -> int:
+    from .tools import pricing_main
+
+    return pricing_main(argv)
+
+
+def _demo(argv: Sequence[str]) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(argv)
+
+
+COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "demo": (_demo, "run the local demo: a fake upstream, the runner, a rotation"),
+    "chat": (_chat, "send one chat completion through the runner with a config file"),
+    "pricing": (_pricing, "show the built-in price table or the cost of a usage"),
+    "fake-upstream": (_fake_upstream, "serve a deterministic OpenAI/Azure-shaped upstream"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="openai-runtime",
+        description="OpenAI and Azure OpenAI traffic from Kubernetes, with rotation and cost.",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), help="what to run")
+    help_lines = "\n".join(f"  {name:14} {text}" for name, (_, text) in sorted(COMMANDS.items()))
+    parser.epilog = "commands:\n" + help_lines
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    if not args or args[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if args else 2
+    if args[0] not in COMMANDS:
+        parser.parse_args(args[:1])  # prints the usage error and exits 2
+    handler, _ = COMMANDS[args[0]]
+    return handler(args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

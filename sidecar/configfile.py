@@ -1,0 +1,50 @@
+"""Reading config documents: JSON or YAML, with errors that name the place.
+
+Both the sidecar config and the runner config are plain documents validated
+by pydantic; this module only turns a file into a mapping and a pydantic
+error into one readable message per field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+__all__ = ["ConfigError", "describe_validation_error", "load_document"]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message says where and why."""
+
+
+def load_document(path: str | Path) -> dict[str, Any]:
+    """The mapping in a JSON or YAML file (JSON is YAML, but its errors read better)."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read ({exc.strerror or type(exc).__name__})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text") from exc
+    try:
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"{file}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the document must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def describe_validation_error(exc: ValidationError, source: str = "config") -> str:
+    """One line per problem, each naming the field by its dotted path."""
+    lines = [f"{source} is invalid:"]
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)
