@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -27,7 +27,13 @@ from .breaker import CircuitBreaker, CircuitPermit
 from .clock import Clock, SystemClock
 from .config import OpenAiConfig
 from .credentials import CredentialSnapshot, CredentialStore
-from .errors import AuthenticationFailed, RunnerError, TransportError, classify_response
+from .errors import (
+    AuthenticationFailed,
+    RunnerError,
+    TransportError,
+    UpstreamError,
+    classify_response,
+)
 from .headers import parse_rate_limit_headers
 from .pricing import Cost, PricingTable
 from .ratelimit import RateLimiter, RatePermit
@@ -143,6 +149,10 @@ class OpenAiRunner:
 
     def _encode(self, body: Mapping[str, Any], stream: bool, info: CallInfo) -> bytes:
         payload = dict(body)
+        if not stream and (payload.get("stream") or "stream_options" in payload):
+            # chat() is the non-streaming call, whatever the body says.
+            payload["stream"] = False
+            payload.pop("stream_options", None)
         if stream:
             options = payload.get("stream_options")
             options = dict(options) if isinstance(options, dict) else {}
@@ -166,7 +176,6 @@ class OpenAiRunner:
         return headers
 
     def _observe(self, info: CallInfo, headers: Mapping[str, str]) -> None:
-        info.status = None
         info.request_id = headers.get("x-request-id") or headers.get("apim-request-id")
         raw_ms = headers.get("openai-processing-ms")
         try:
@@ -190,6 +199,7 @@ class OpenAiRunner:
         snapshot = self.credentials.require()
         reread = False
         attempt = 0
+        last_error: RunnerError | None = None
         while True:
             attempt += 1
             info.attempts = attempt
@@ -197,7 +207,12 @@ class OpenAiRunner:
             try:
                 permit = self.breaker.acquire()
             except RunnerError as err:
-                err.attempts = attempt - 1
+                # Our own failures opened the breaker mid-retry: what the
+                # caller needs to see is upstream's last answer.
+                if last_error is not None:
+                    info.attempts = last_error.attempts = attempt - 1
+                    raise last_error from None
+                err.attempts = 0
                 raise
             headers = dict(extra_headers or {})
             if observer is not None:
@@ -206,12 +221,14 @@ class OpenAiRunner:
                 budget = deadline - self.clock.monotonic()
                 result = await send(snapshot, headers, budget)
             except RunnerError as err:
+                last_error = err
                 if err.health_failure:
                     permit.failure()
                 else:
                     permit.success()
                 if observer is not None:
-                    observer.attempt_finished(attempt, getattr(err, "status", None), err)
+                    status = err.status if isinstance(err, UpstreamError) else None
+                    observer.attempt_finished(attempt, status, err)
                 if isinstance(err, AuthenticationFailed) and err.status == 401 and not reread:
                     reread = True
                     fresh = self.credentials.reload().snapshot
@@ -379,7 +396,7 @@ class ChatStream:
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterator
 
-    async def _run(self) -> AsyncIterator[bytes]:
+    async def _run(self) -> AsyncGenerator[bytes, None]:
         attempt = self._attempt
         try:
             async for data in attempt.forward():
@@ -404,5 +421,5 @@ class ChatStream:
 
     async def aclose(self) -> None:
         """Stop early (the client went away): close upstream, settle the books."""
-        await self._iterator.aclose()  # type: ignore[attr-defined]
+        await self._iterator.aclose()
         self._close()

@@ -381,6 +381,18 @@ async def test_breaker_opens_on_server_errors_and_recovers(
     assert runner.breaker.state.value == "closed"
 
 
+async def test_breaker_opening_mid_retry_surfaces_upstreams_answer(
+    make_runner: RunnerFactory, upstream: FakeUpstream
+) -> None:
+    runner = make_runner(retry={"maxAttempts": 3}, circuitBreaker={"failureThreshold": 2})
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await runner.chat(body(), headers={"x-fake-scenario": "server-error"})
+    assert caught.value.status == 500 and caught.value.attempts == 2
+    assert len(upstream.requests) == 2
+    with pytest.raises(CircuitOpen):
+        await runner.chat(body())
+
+
 async def test_client_errors_do_not_open_the_breaker(make_runner: RunnerFactory) -> None:
     runner = make_runner(circuitBreaker={"failureThreshold": 1})
     for _ in range(3):
@@ -476,3 +488,35 @@ async def test_closing_a_stream_early_cancels_upstream_and_frees_the_slot(
     assert stream.info.usage_estimated
     upstream.release("gone")
     assert (await runner.chat(body())).status == 200
+
+
+# -- estimates and live reconfiguration ------------------------------------
+
+
+async def test_estimate_cost_bounds_the_call_before_it_is_made(make_runner: RunnerFactory) -> None:
+    runner = make_runner()
+    estimate = runner.estimate_cost(body(max_tokens=100))
+    actual = (await runner.chat(body(max_tokens=100))).info.cost
+    assert estimate.estimated and estimate.model == "gpt-4o-mini"
+    assert actual is not None and 0 < actual.usd <= estimate.usd
+
+
+async def test_reconfigure_keeps_breaker_state_unless_its_settings_change(
+    make_runner: RunnerFactory,
+) -> None:
+    runner = make_runner(retry={"maxAttempts": 1}, circuitBreaker={"failureThreshold": 1})
+    with pytest.raises(UpstreamUnavailable):
+        await runner.chat(body(), headers={"x-fake-scenario": "server-error"})
+    priced = runner.config.model_dump(by_alias=True)
+    priced["pricing"] = {"gpt-4o-mini": {"inputPerMTokUsd": 1, "outputPerMTokUsd": 2}}
+    runner.reconfigure(OpenAiConfig.model_validate(priced))
+    with pytest.raises(CircuitOpen):
+        await runner.chat(body())
+    relaxed = runner.config.model_dump(by_alias=True)
+    relaxed["circuitBreaker"]["failureThreshold"] = 5
+    runner.reconfigure(OpenAiConfig.model_validate(relaxed))
+    result = await runner.chat(body())
+    usage = result.info.usage
+    assert usage is not None and result.info.cost is not None
+    expected = (usage.prompt_tokens * 1 + usage.completion_tokens * 2) / 1e6
+    assert result.info.cost.usd == pytest.approx(expected), "the override applies at once"

@@ -48,15 +48,17 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def direct(fake: FakeUpstream) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key=KEY, max_retries=0)
+async def direct(fake: FakeUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key=KEY, max_retries=0) as client:
+        yield client
 
 
 @pytest.fixture
-def azure(fake: FakeUpstream) -> openai.AsyncAzureOpenAI:
-    return openai.AsyncAzureOpenAI(
+async def azure(fake: FakeUpstream) -> AsyncIterator[openai.AsyncAzureOpenAI]:
+    async with openai.AsyncAzureOpenAI(
         azure_endpoint=fake.url, api_key=KEY, api_version="2024-10-21", max_retries=0
-    )
+    ) as client:
+        yield client
 
 
 def chat_body(**extra: Any) -> dict[str, Any]:
@@ -262,16 +264,16 @@ async def test_sdk_status_scenario_and_connection_reset(direct: openai.AsyncOpen
 
 
 async def test_sdk_retries_through_fail_times(fake: FakeUpstream) -> None:
-    client = openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key=KEY, max_retries=2)
     headers = {
         "x-fake-scenario": "rate-limit-ms",
         "x-fake-retry-after-ms": "1",
         "x-fake-fail-times": "2",
         "x-fake-sequence": "sdk-retry",
     }
-    reply = await client.chat.completions.create(
-        model="gpt-4o", messages=[USER], extra_headers=headers
-    )
+    async with openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key=KEY, max_retries=2) as client:
+        reply = await client.chat.completions.create(
+            model="gpt-4o", messages=[USER], extra_headers=headers
+        )
     assert reply.choices[0].message.content == EXPECTED
     assert [r.scenario for r in fake.requests] == ["rate-limit-ms", "rate-limit-ms", None]
     assert [r.outcome for r in fake.requests] == ["error:429", "error:429", "ok"]
