@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from openai_runtime_sidecar.fakeupstream import FakeUpstream
 
 from .support import NEW_KEY, OLD_KEY, SecretVolume

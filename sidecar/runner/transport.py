@@ -159,10 +159,11 @@ class Transport:
                 response = await session.post(
                     url, data=body, headers=headers, timeout=timeout, allow_redirects=False
                 )
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as exc:
+            # Before TimeoutError: aiohttp's timeouts are subclasses of it.
+            raise UpstreamTimeout("connecting upstream timed out", phase="connect") from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no response headers within {wait:g}s", phase=phase) from exc
-        except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout("connecting upstream timed out", phase="connect") from exc
         except _TRANSPORT_ERRORS as exc:
             raise TransportError(f"upstream request failed: {_describe(exc)}") from exc
         return UpstreamResponse(response, self.timeouts, deadline, first_byte_deadline)

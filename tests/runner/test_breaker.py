@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from openai_runtime_sidecar.runner.breaker import CircuitBreaker, CircuitState
 from openai_runtime_sidecar.runner.clock import ManualClock
 from openai_runtime_sidecar.runner.config import CircuitBreakerSettings

@@ -8,6 +8,7 @@ from typing import Any
 import pydantic
 import pytest
 import yaml
+
 from openai_runtime_sidecar.runner.config import (
     AzureVariant,
     DirectVariant,

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from openai_runtime_sidecar.runner.config import SecretRef
 from openai_runtime_sidecar.runner.credentials import (
     CredentialSnapshot,

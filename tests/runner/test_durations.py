@@ -11,6 +11,7 @@ import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from openai_runtime_sidecar.runner.durations import Duration, format_duration, parse_duration
 
 

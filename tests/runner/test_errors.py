@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+
 from openai_runtime_sidecar.runner.errors import (
     AuthenticationFailed,
     CircuitOpen,

@@ -6,6 +6,7 @@ import dataclasses
 import email.utils
 
 import pytest
+
 from openai_runtime_sidecar.runner.headers import (
     RateLimitHeaders,
     parse_rate_limit_headers,

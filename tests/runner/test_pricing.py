@@ -5,8 +5,9 @@ import dataclasses
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from openai_runtime_sidecar.runner.pricing import Cost, ModelPrice, PricingTable
 from pydantic import ValidationError
+
+from openai_runtime_sidecar.runner.pricing import Cost, ModelPrice, PricingTable
 
 # The list prices this release must charge: input / cached input / output per 1M tokens.
 LIST_PRICES: dict[str, tuple[float, float | None, float]] = {

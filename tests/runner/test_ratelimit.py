@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from openai_runtime_sidecar.runner.clock import ManualClock
 from openai_runtime_sidecar.runner.config import RateLimitSettings
 from openai_runtime_sidecar.runner.errors import LocalRateLimited

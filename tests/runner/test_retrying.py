@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from openai_runtime_sidecar.runner.config import RetrySettings
 from openai_runtime_sidecar.runner.errors import (
     AuthenticationFailed,

@@ -10,6 +10,7 @@ from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from openai_runtime_sidecar.runner.sse import SSEDecoder, SSEFrame
 
 BOM = b"\xef\xbb\xbf"

@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from openai_runtime_sidecar.runner.tokens import (
     estimate_prompt_tokens,
     estimate_text_tokens,

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+
 from openai_runtime_sidecar.fakeupstream import FakeUpstream, RecordedRequest
 
 KEY = "sk-test-fake-aaaaaaaaaaaaaaaa"
