@@ -32,6 +32,12 @@ def _pricing(argv: Sequence[str]) -> int:
     return pricing_main(argv)
 
 
+def _sidecar(argv: Sequence[str]) -> int:
+    from .app import main as sidecar_main
+
+    return sidecar_main(argv)
+
+
 def _demo(argv: Sequence[str]) -> int:
     from .demo import main as demo_main
 
@@ -39,6 +45,7 @@ def _demo(argv: Sequence[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "sidecar": (_sidecar, "serve the OpenAI-compatible API and the admin endpoints"),
     "demo": (_demo, "run the local demo: a fake upstream, the runner, a rotation"),
     "chat": (_chat, "send one chat completion through the runner with a config file"),
     "pricing": (_pricing, "show the built-in price table or the cost of a usage"),

@@ -30,9 +30,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .headers import parse_retry_after
+
+if TYPE_CHECKING:
+    from .results import CallInfo
 
 __all__ = [
     "AuthenticationFailed",
@@ -70,6 +73,8 @@ class RunnerError(Exception):
         self.message = message
         self.attempts = 1
         """Upstream attempts made before this error was final (set by the runner)."""
+        self.info: CallInfo | None = None
+        """What the runner knew about the call when it failed (set by the runner)."""
 
     @property
     def kind(self) -> str:

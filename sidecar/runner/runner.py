@@ -106,6 +106,11 @@ class OpenAiRunner:
     def config(self) -> OpenAiConfig:
         return self._config
 
+    @property
+    def server_address(self) -> str:
+        """The upstream host, for telemetry."""
+        return self._server_address
+
     def reconfigure(self, config: OpenAiConfig) -> None:
         """Apply a new config to calls that start from now on.
 
@@ -265,6 +270,15 @@ class OpenAiRunner:
         else:
             permit.release()
 
+    async def _admit(self, info: CallInfo, tokens: int) -> RatePermit:
+        try:
+            return await self.limiter.acquire(tokens)
+        except RunnerError as err:
+            info.error, err.info = err, info
+            err.attempts = 0
+            info.duration = self.clock.monotonic() - info.started_at
+            raise
+
     async def chat(
         self,
         body: Mapping[str, Any],
@@ -276,7 +290,7 @@ class OpenAiRunner:
         info = self._new_info(body, stream=False)
         data = self._encode(body, False, info)
         prompt, output = self.estimate_tokens(body)
-        rate_permit = await self.limiter.acquire(prompt + output)
+        rate_permit = await self._admit(info, prompt + output)
 
         async def send(
             snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
@@ -304,7 +318,7 @@ class OpenAiRunner:
                 info, send, headers, observer
             )
         except RunnerError as err:
-            info.error = err
+            info.error, err.info = err, info
             self._finish(info, rate_permit, None)
             raise
         except BaseException:
@@ -340,7 +354,7 @@ class OpenAiRunner:
         info = self._new_info(body, stream=True)
         data = self._encode(body, True, info)
         prompt, output = self.estimate_tokens(body)
-        rate_permit = await self.limiter.acquire(prompt + output)
+        rate_permit = await self._admit(info, prompt + output)
 
         async def send(
             snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
@@ -354,7 +368,7 @@ class OpenAiRunner:
         try:
             attempt, permit = await self._attempts(info, send, headers, observer)
         except RunnerError as err:
-            info.error = err
+            info.error, err.info = err, info
             self._finish(info, rate_permit, None)
             raise
         except BaseException:
@@ -402,7 +416,7 @@ class ChatStream:
             async for data in attempt.forward():
                 yield data
         except RunnerError as err:
-            self.info.error = err
+            self.info.error, err.info = err, self.info
             raise
         finally:
             self._close()

@@ -1,0 +1,308 @@
+"""The sidecar process: one runtime's runner behind two listeners, kept current.
+
+Start-up: read and validate the config (a bad one exits non-zero before
+anything listens), load the key, start the API listener on loopback and the
+admin listener, then follow the key and config files. A key that is missing
+at start does not crash the pod: the sidecar stays unready and answers 503
+until the Secret appears. SIGTERM: go unready, stop accepting, let calls and
+streams in flight finish within ``watch.shutdownGrace``, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .admin import build_admin_app
+from .config import SidecarConfig, load_sidecar_config, parse_listen
+from .configfile import ConfigError
+from .logs import configure_logging
+from .runner import CallInfo, Clock, CredentialStore, OpenAiRunner, ReloadOutcome, Transport
+from .server import build_api_app
+from .telemetry import Telemetry
+from .watching import FileWatcher
+
+__all__ = ["Sidecar", "SpendTotals", "main"]
+
+log = logging.getLogger("openai_runtime.sidecar")
+
+
+@dataclass(slots=True)
+class SpendTotals:
+    """What one model has cost since the sidecar started."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    usd: float = 0.0
+    estimated_usd: float = 0.0
+    """The part of ``usd`` that was estimated (streams cut before usage)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+            "cachedTokens": self.cached_tokens,
+            "usd": round(self.usd, 10),
+            "estimatedUsd": round(self.estimated_usd, 10),
+        }
+
+
+class Sidecar:
+    """Everything one sidecar process holds; tests run it in-process on port 0."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        *,
+        config_path: str | Path | None = None,
+        telemetry: Telemetry | None = None,
+        clock: Clock | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.config_generation = 1
+        self.config_error: str | None = None
+        self.credential_error: str | None = None
+        self.credentials = CredentialStore(config.api_key)
+        self.credentials.subscribe(self._credential_reloaded)
+        self.runner = OpenAiRunner(config, self.credentials, clock=clock, transport=transport)
+        variant = config.variant.selected
+        self.telemetry = telemetry or Telemetry(
+            runtime=str(config.runtime),
+            variant=variant.name,
+            server_address=self.runner.server_address,
+        )
+        self.telemetry.observe(
+            circuit=lambda: self.runner.breaker.state.value,
+            limiter=lambda: self.runner.limiter.snapshot(),
+        )
+        self.spend: dict[str, SpendTotals] = {}
+        self.started_at = time.monotonic()
+        self.shutting_down = False
+        self._api: web.AppRunner | None = None
+        self._admin: web.AppRunner | None = None
+        self._watchers: list[FileWatcher] = []
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return not self.unready_reasons()
+
+    def unready_reasons(self) -> list[str]:
+        reasons = []
+        if self.shutting_down:
+            reasons.append("shutting down")
+        if self.credentials.current is None:
+            reasons.append(f"no API key loaded from {self.credentials.ref.describe()}")
+        if self._api is None:
+            reasons.append("API listener not started")
+        return reasons
+
+    def account(self, info: CallInfo | None) -> None:
+        """Add a finished call's tokens and cost to the per-model totals."""
+        if info is None:
+            return
+        model = info.response_model or info.request_model or "unknown"
+        totals = self.spend.setdefault(model, SpendTotals())
+        totals.requests += 1
+        if info.usage is not None:
+            totals.prompt_tokens += info.usage.prompt_tokens
+            totals.completion_tokens += info.usage.completion_tokens
+            totals.cached_tokens += info.usage.cached_tokens
+        if info.cost is not None:
+            totals.usd += info.cost.usd
+            if info.cost.estimated:
+                totals.estimated_usd += info.cost.usd
+
+    # -- reloads -----------------------------------------------------------
+
+    def _credential_reloaded(self, outcome: ReloadOutcome) -> None:
+        self.telemetry.credential_reloaded(outcome)
+        self.credential_error = outcome.error
+        before = outcome.previous.fingerprint if outcome.previous else None
+        if outcome.error is not None:
+            log.warning(
+                "API key not reloaded; keeping the current one",
+                extra={"fields": {"reason": outcome.error, "fingerprint": before}},
+            )
+        elif outcome.changed and outcome.snapshot is not None:
+            log.info(
+                "API key loaded" if before is None else "API key rotated",
+                extra={"fields": {"from": before, "to": outcome.snapshot.fingerprint}},
+            )
+
+    def reload_credential(self) -> ReloadOutcome:
+        return self.credentials.reload()
+
+    def reload_config(self) -> bool:
+        """Apply the config file again; an invalid one is refused and the old one stays."""
+        if self.config_path is None:
+            return False
+        try:
+            config = load_sidecar_config(self.config_path)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            self.telemetry.config_reloaded(False)
+            log.warning(
+                "config change rejected; keeping the current one",
+                extra={"fields": {"reason": str(exc)}},
+            )
+            return False
+        if config == self.config:
+            return False
+        if config.listen != self.config.listen:
+            log.warning("listen addresses change only on restart; other changes applied")
+        if config.api_key != self.config.api_key:
+            self.credentials.ref = config.api_key
+            self._watch_key()
+            self.credentials.reload()
+        self.runner.reconfigure(config)
+        self.config = config
+        self.config_generation += 1
+        self.config_error = None
+        self.telemetry.config_reloaded(True)
+        log.info("config applied", extra={"fields": {"generation": self.config_generation}})
+        return True
+
+    def _watch_key(self) -> None:
+        interval = self.config.watch.interval
+        self._watchers = [w for w in self._watchers if w.on_change != self._on_key_change]
+        if self.config.api_key.file is not None:
+            watcher = FileWatcher(self.config.api_key.file, self._on_key_change, interval=interval)
+            self._watchers.append(watcher)
+            if self._api is not None:
+                watcher.start()
+
+    def _on_key_change(self) -> None:
+        self.reload_credential()
+
+    def _on_config_change(self) -> None:
+        self.reload_config()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        outcome = self.credentials.reload()
+        if outcome.snapshot is None:
+            log.warning(
+                "starting without an API key: unready until it appears",
+                extra={"fields": {"reason": outcome.error}},
+            )
+        self._watch_key()
+        if self.config_path is not None:
+            self._watchers.append(
+                FileWatcher(
+                    self.config_path, self._on_config_change, interval=self.config.watch.interval
+                )
+            )
+        grace = self.config.watch.shutdown_grace
+        self._api = await _listen(
+            build_api_app(self), self.config.listen.api, grace=grace, cancel_on_disconnect=True
+        )
+        self._admin = await _listen(
+            build_admin_app(self), self.config.listen.admin, grace=1.0, cancel_on_disconnect=False
+        )
+        for watcher in self._watchers:
+            watcher.start()
+        self.started_at = time.monotonic()
+        log.info(
+            "sidecar listening",
+            extra={
+                "fields": {
+                    "api": self.api_url,
+                    "admin": self.admin_url,
+                    "runtime": str(self.config.runtime),
+                }
+            },
+        )
+
+    async def stop(self) -> None:
+        """Drain: unready at once, no new connections, in-flight calls finish within grace."""
+        self.shutting_down = True
+        for watcher in self._watchers:
+            await watcher.stop()
+        if self._api is not None:
+            await self._api.cleanup()
+        if self._admin is not None:
+            await self._admin.cleanup()
+        await self.runner.aclose()
+        self.telemetry.shutdown()
+
+    @property
+    def api_url(self) -> str:
+        return _url(self._api)
+
+    @property
+    def admin_url(self) -> str:
+        return _url(self._admin)
+
+
+async def _listen(
+    app: web.Application, address: str, *, grace: float, cancel_on_disconnect: bool
+) -> web.AppRunner:
+    host, port = parse_listen(address)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=grace,
+        handler_cancellation=cancel_on_disconnect,
+        access_log=None,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def _url(runner: web.AppRunner | None) -> str:
+    if runner is None or not runner.addresses:
+        return ""
+    host, port = runner.addresses[0][:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+async def serve(config_path: Path) -> int:
+    try:
+        config = load_sidecar_config(config_path)
+    except ConfigError as exc:
+        print(f"openai-runtime sidecar: {exc}", file=sys.stderr)
+        return 2
+    sidecar = Sidecar(config, config_path=config_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await sidecar.start()
+    except OSError as exc:
+        print(f"openai-runtime sidecar: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        await sidecar.stop()
+        return 1
+    await stop.wait()
+    log.info("shutting down", extra={"fields": {"grace_s": config.watch.shutdown_grace}})
+    await sidecar.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    parser = argparse.ArgumentParser(prog="openai-runtime sidecar")
+    parser.add_argument("--config", required=True, type=Path, help="sidecar config (JSON/YAML)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(list(argv))
+    configure_logging(args.log_level)
+    return asyncio.run(serve(args.config))

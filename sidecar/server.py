@@ -1,0 +1,325 @@
+"""The API listener: OpenAI's HTTP surface on loopback, in front of the runner.
+
+Apps send exactly what they would send to api.openai.com (the official SDK
+with ``OPENAI_BASE_URL=http://127.0.0.1:8787/v1``). Each request is checked
+here (size, JSON, the fields the sidecar itself relies on, the model
+allow-list) and then handed to the runner, which adds the real credential;
+whatever the client put in ``Authorization`` is ignored. Answers keep
+OpenAI's wire shape: upstream's own status and body for upstream errors,
+the same shape with a distinct ``code`` for the sidecar's own refusals, SSE
+frames forwarded as they arrive. Once the sidecar has spent its own retries
+it says ``x-should-retry: false`` so the SDK does not multiply them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .logs import request_fields
+from .runner import CallInfo, CircuitOpen, LocalRateLimited, RunnerError, UpstreamError
+
+if TYPE_CHECKING:
+    from .app import Sidecar
+
+__all__ = ["build_api_app", "openai_error"]
+
+log = logging.getLogger("openai_runtime.requests")
+
+# Upstream response headers worth handing to the app.
+_PASS_HEADERS = (
+    "x-request-id",
+    "apim-request-id",
+    "openai-processing-ms",
+    "openai-version",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+)
+_POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
+# App headers never sent upstream: credentials (the sidecar adds its own) and
+# headers that describe the app's hop, not ours.
+_DROP_HEADERS = frozenset(
+    {"x-api-key", "api-key", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+)
+
+
+def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The app's ``x-*`` and ``OpenAI-*`` headers (e.g. OpenAI-Beta), minus credentials."""
+    out = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if (lowered.startswith(("x-", "openai-"))) and lowered not in _DROP_HEADERS:
+            out[name] = value
+    return out
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def openai_error(
+    status: int,
+    message: str,
+    code: str,
+    *,
+    error_type: str = "invalid_request_error",
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """A local refusal in OpenAI's error shape."""
+    payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return web.json_response(payload, status=status, headers=headers)
+
+
+class BadRequest(Exception):
+    """A request the sidecar refuses before spending anything on it."""
+
+    def __init__(self, message: str, code: str, param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message, self.code, self.param, self.status = message, code, param, status
+
+    def response(self) -> web.Response:
+        return openai_error(self.status, self.message, self.code, param=self.param)
+
+
+def parse_chat_body(raw: bytes) -> dict[str, Any]:
+    """The request as a dict, or :class:`BadRequest` saying what is wrong with it.
+
+    Only what the sidecar relies on is checked; everything else, unknown
+    fields included, goes to upstream untouched for it to judge.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("The request body is not valid UTF-8.", "invalid_body") from None
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise BadRequest("The request body is nested too deeply.", "invalid_json") from None
+    except ValueError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", "invalid_body")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array.", "invalid_type", "messages")
+    if not all(isinstance(message, dict) for message in messages):
+        raise BadRequest("Each message must be an object.", "invalid_type", "messages")
+    if "model" in body and not isinstance(body["model"], str):
+        raise BadRequest("'model' must be a string.", "invalid_type", "model")
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise BadRequest("'stream' must be a boolean.", "invalid_type", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object.", "invalid_type", "stream_options")
+    for name in _POSITIVE_INT_FIELDS:
+        value = body.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise BadRequest(f"'{name}' must be a positive integer.", "invalid_value", name)
+    return body
+
+
+def _passthrough(headers: Mapping[str, str]) -> dict[str, str]:
+    lowered = {key.lower(): value for key, value in headers.items()}
+    return {name: lowered[name] for name in _PASS_HEADERS if name in lowered}
+
+
+def _error_response(err: RunnerError) -> web.Response:
+    headers = dict(err.response_headers())
+    if isinstance(err, UpstreamError):
+        headers.update(_passthrough(err.headers))
+        for name in ("retry-after", "retry-after-ms"):
+            value = next((v for k, v in err.headers.items() if k.lower() == name), None)
+            if value is not None:
+                headers[name] = value
+    if not isinstance(err, CircuitOpen | LocalRateLimited):
+        # The sidecar already retried as policy allows; a second layer of
+        # retries in the SDK would only multiply load on a struggling upstream.
+        headers["x-should-retry"] = "false"
+    headers["x-openai-runtime-attempts"] = str(err.attempts)
+    return web.json_response(err.openai_body(), status=err.http_status(), headers=headers)
+
+
+class ApiHandlers:
+    """Request handlers bound to one running :class:`~.app.Sidecar`."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+
+    async def models(self, request: web.Request) -> web.Response:
+        settings = self.sidecar.config.models
+        names = list(settings.allow) or ([settings.default] if settings.default else [])
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "openai-runtime"}
+            for name in names
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        sidecar = self.sidecar
+        started = time.monotonic()
+        info: CallInfo | None = None
+        error: RunnerError | None = None
+        error_type: str | None = None
+        status = 500
+        trace = sidecar.telemetry.start_call(request.headers, model=None, stream=False)
+        try:
+            body = await self._read_body(request)
+            stream = body.get("stream") is True
+            trace.set_request(model=body["model"], stream=stream)
+            extra = forward_headers(request.headers)
+            if stream:
+                response, info, error = await self._stream(request, body, extra, trace)
+            else:
+                response, info, error = await self._chat(body, extra, trace)
+            status = response.status
+            return response
+        except BadRequest as bad:
+            status, error_type = bad.status, bad.code
+            return bad.response()
+        except asyncio.CancelledError:
+            status, error_type = 499, "client_disconnected"  # nginx's code for it
+            raise
+        finally:
+            duration = time.monotonic() - started
+            trace.finish(info, status=status, error=error, error_type=error_type)
+            sidecar.account(info)
+            fields = request_fields(
+                info,
+                status=status,
+                duration=duration,
+                error_type=error.kind if error is not None else error_type,
+                method=request.method,
+                path=request.path,
+            )
+            log.info("request", extra={"fields": fields})
+
+    async def _read_body(self, request: web.Request) -> dict[str, Any]:
+        """The validated request with its model resolved against the allow-list."""
+        config = self.sidecar.config
+        try:
+            body = parse_chat_body(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            raise BadRequest(
+                "The request body exceeds the sidecar's limit of "
+                f"{config.limits.max_request_bytes} bytes.",
+                "request_too_large",
+                status=413,
+            ) from None
+        models = config.models
+        model = models.resolve(body.get("model"))
+        if model is None:
+            requested = body.get("model")
+            if requested:
+                raise BadRequest(
+                    f"The model '{requested}' is not allowed by this runtime "
+                    f"(allowed: {', '.join(models.allow)}).",
+                    "model_not_allowed",
+                    "model",
+                )
+            raise BadRequest("'model' is required.", "missing_model", "model")
+        body["model"] = model
+        return body
+
+    async def _chat(
+        self, body: dict[str, Any], extra: dict[str, str], trace: Any
+    ) -> tuple[web.Response, CallInfo | None, RunnerError | None]:
+        runner = self.sidecar.runner
+        try:
+            result = await runner.chat(body, headers=extra, observer=trace)
+        except RunnerError as err:
+            return _error_response(err), err.info, err
+        info = result.info
+        headers = _passthrough(result.headers)
+        headers["Content-Type"] = "application/json"
+        headers["x-openai-runtime-attempts"] = str(info.attempts)
+        if info.cost is not None and info.cost.priced:
+            headers["x-openai-runtime-cost-usd"] = f"{info.cost.usd:.10f}".rstrip("0")
+        return web.Response(body=result.body, status=result.status, headers=headers), info, None
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], extra: dict[str, str], trace: Any
+    ) -> tuple[web.StreamResponse, CallInfo | None, RunnerError | None]:
+        runner = self.sidecar.runner
+        try:
+            handle = await runner.stream(body, headers=extra, observer=trace)
+        except RunnerError as err:
+            return _error_response(err), err.info, err
+        headers = _passthrough(handle.headers)
+        headers.update(
+            {
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                "x-openai-runtime-attempts": str(handle.info.attempts),
+            }
+        )
+        response = web.StreamResponse(status=handle.status, headers=headers)
+        error: RunnerError | None = None
+        try:
+            await response.prepare(request)
+            try:
+                async for data in handle:
+                    await response.write(data)
+            except RunnerError as err:
+                error = err
+                if not isinstance(err, UpstreamError):
+                    # In-band upstream errors were forwarded as they came; a
+                    # cut or stalled stream gets one so the SDK raises too.
+                    frame = json.dumps(err.openai_body(), separators=(",", ":"))
+                    await response.write(b"data: " + frame.encode() + b"\n\n")
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            # The app went away: stop upstream at once, keep the books right.
+            await handle.aclose()
+            raise
+        finally:
+            await handle.aclose()
+        return response, handle.info, error
+
+
+@web.middleware
+async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Routing failures in OpenAI's shape rather than aiohttp's HTML."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return openai_error(
+            404,
+            f"Unknown request URL: {request.method} {request.path}.",
+            "unknown_url",
+        )
+    except web.HTTPMethodNotAllowed as exc:
+        return openai_error(
+            405,
+            f"Method {request.method} is not allowed on {request.path}.",
+            "method_not_allowed",
+            headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+        )
+
+
+def build_api_app(sidecar: Sidecar) -> web.Application:
+    """The aiohttp application for the API listener."""
+    # aiohttp enforces the body limit itself; the handler turns it into a 413.
+    app = web.Application(
+        client_max_size=sidecar.config.limits.max_request_bytes,
+        middlewares=[_openai_errors],
+    )
+    handlers = ApiHandlers(sidecar)
+    app.router.add_post("/v1/chat/completions", handlers.chat)
+    app.router.add_post("/chat/completions", handlers.chat)
+    # Apps written for Azure may keep their SDK and point it here.
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", handlers.chat)
+    app.router.add_get("/v1/models", handlers.models)
+    return app

@@ -1,0 +1,501 @@
+"""Traces and metrics for every call the sidecar proxies.
+
+Where it sits in the flow of one request::
+
+    app --(traceparent)--> server --start_call()--> CallTrace (span "chat {model}")
+        runner attempt loop --attempt_started()--> span "attempt {n}" --(traceparent)--> upstream
+                            <--attempt_finished()--
+    server --finish(info)--> span attributes + metrics --> OTLP exporter / GET /metrics
+
+The app's W3C trace context is continued, so the sidecar's spans sit between
+the app's span and upstream's; each upstream attempt gets a child span whose
+context is what upstream receives, so a retry is visible as a second child.
+Metrics follow the OpenTelemetry GenAI semantic conventions
+(``gen_ai.client.token.usage``, ``gen_ai.client.operation.duration``) plus
+the runtime's own (cost, requests, retries, circuit, rate limits, reloads).
+
+Everything recorded comes from :class:`~.runner.results.CallInfo`, which by
+construction holds only counts, names, ids and the key's fingerprint: no API
+key, prompt or completion text ever reaches a span or a metric. Error spans
+carry the error's class name, never its message (an upstream message may
+quote the input).
+
+The OTLP exporter is imported only when ``OTEL_EXPORTER_OTLP_*ENDPOINT`` is
+set, so a sidecar without a collector pays for nothing but the Prometheus
+reader, which collects only when scraped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, cast
+
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from .prometheus import PrometheusReader
+from .runner.credentials import ReloadOutcome
+from .runner.errors import RunnerError
+from .runner.results import CallInfo
+
+__all__ = ["SERVICE_NAME", "CallTrace", "Telemetry"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "openai-runtime-sidecar"
+_SCOPE = "openai_runtime_sidecar"
+
+# Semantic-convention advice for the two GenAI client histograms.
+TOKEN_BUCKETS: tuple[float, ...] = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+
+_CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+# An explicit propagator: the app speaks W3C trace context to us and upstream
+# gets the same, whatever OTEL_PROPAGATORS says for the rest of the process.
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+# Patched by tests; the runner's clock may be fake, this one never is.
+_monotonic = time.monotonic
+
+_OTLP_PACKAGE = "opentelemetry-exporter-otlp-proto-http"
+_OTLP_TRACES = ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter")
+_OTLP_METRICS = ("opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter")
+
+
+def _otlp_endpoint(environ: Mapping[str, str], signal: str) -> str | None:
+    """The OTLP/HTTP URL for ``signal`` (traces, metrics), or None when not configured.
+
+    Computed here from ``environ`` (same rules as the exporter: a per-signal
+    URL is used as is, the generic one gets ``/v1/<signal>``) so an injected
+    environment is honoured, not only ``os.environ``.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none":
+        return None
+    specific = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
+    if specific:
+        return specific
+    generic = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    return f"{generic.rstrip('/')}/v1/{signal}" if generic else None
+
+
+def _resource() -> Resource:
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME; our
+    # name only fills in when the deployment did not choose one.
+    resource = Resource.create({})
+    own: dict[str, AttributeValue] = {}
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        own["service.name"] = SERVICE_NAME
+    if "service.version" not in resource.attributes:
+        with contextlib.suppress(PackageNotFoundError):  # running from a source tree
+            own["service.version"] = version("openai-runtime")
+    return resource.merge(Resource(own)) if own else resource
+
+
+class Telemetry:
+    """The sidecar's tracer and instruments; one per process (per runner)."""
+
+    def __init__(
+        self,
+        *,
+        runtime: str,
+        variant: str,
+        server_address: str,
+        tracer_provider: TracerProvider | None = None,
+        metric_readers: Sequence[MetricReader] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self.runtime = runtime
+        self.provider_name = "azure.ai.openai" if variant == "azure" else "openai"
+        self.server_address = server_address
+        self._otlp_warned = False
+        resource = _resource()
+
+        self._own_tracer_provider: SdkTracerProvider | None = None
+        if tracer_provider is None:
+            own = SdkTracerProvider(resource=resource)
+            endpoint = _otlp_endpoint(env, "traces")
+            exporter = self._otlp_exporter(_OTLP_TRACES, endpoint, env) if endpoint else None
+            if exporter is not None:
+                own.add_span_processor(BatchSpanProcessor(cast(SpanExporter, exporter)))
+            self._own_tracer_provider = tracer_provider = own
+        self._tracer = tracer_provider.get_tracer(_SCOPE)
+
+        self.prometheus = PrometheusReader()
+        readers: list[MetricReader] = [self.prometheus, *metric_readers]
+        endpoint = _otlp_endpoint(env, "metrics")
+        exporter = self._otlp_exporter(_OTLP_METRICS, endpoint, env) if endpoint else None
+        if exporter is not None:
+            readers.append(PeriodicExportingMetricReader(cast(MetricExporter, exporter)))
+        # Always ours, never global: tests build several, and the server owns the lifecycle.
+        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        meter = self._meter_provider.get_meter(_SCOPE)
+
+        # The runtime's own metrics carry short labels (runtime, model, ...);
+        # the GenAI ones carry the semantic-convention attributes below.
+        self.runtime_attributes: dict[str, AttributeValue] = {"runtime": runtime}
+        self.base_attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": self.provider_name,
+            "server.address": server_address,
+            "openai_runtime.runtime": runtime,
+        }
+        histogram, counter = meter.create_histogram, meter.create_counter
+        self.token_usage = histogram(
+            "gen_ai.client.token.usage",
+            "{token}",
+            "Input and output tokens per call.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.duration = histogram(
+            "gen_ai.client.operation.duration",
+            "s",
+            "Duration of the chat call as the sidecar served it.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.time_to_first_token = histogram(
+            "openai_runtime.time_to_first_token",
+            "s",
+            "Seconds until upstream's first streamed bytes.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.cost = counter("openai_runtime.cost", "USD", "Cost of the calls in US dollars.")
+        self.requests = counter("openai_runtime.requests", "{request}", "Calls by outcome.")
+        self.in_flight = meter.create_up_down_counter(
+            "openai_runtime.requests.in_flight", "{request}", "Calls being served now."
+        )
+        self.retries = counter(
+            "openai_runtime.retries", "{retry}", "Attempts after the first, by the last error."
+        )
+        self.credential_reloads = counter(
+            "openai_runtime.credential.reloads", "{reload}", "API key reloads by result."
+        )
+        self.config_reloads = counter(
+            "openai_runtime.config.reloads", "{reload}", "Config file reloads by result."
+        )
+        # Sources are set by observe(); callables so a reconfigured runner's
+        # new breaker or limiter is read without re-registering anything.
+        self._circuit: Callable[[], str] | None = None
+        self._limiter: Callable[[], Mapping[str, Any]] | None = None
+        provider = {
+            "requests": "provider_remaining_requests",
+            "tokens": "provider_remaining_tokens",
+        }
+        local = {"requests": "requests_available", "tokens": "tokens_available"}
+        for name, callback, description in (
+            ("circuit.state", self._observe_circuit, "Breaker: 0 closed, 1 half_open, 2 open."),
+            (
+                "ratelimit.provider.remaining",
+                partial(self._observe_limits, provider),
+                "Requests / tokens upstream's last rate-limit headers said remain.",
+            ),
+            (
+                "ratelimit.local.available",
+                partial(self._observe_limits, local),
+                "Requests / tokens the local limiter would admit now.",
+            ),
+        ):
+            meter.create_observable_gauge(
+                f"openai_runtime.{name}", callbacks=[callback], description=description
+            )
+        self._shut_down = False
+
+    # -- set-up --------------------------------------------------------------
+
+    def _otlp_exporter(
+        self, where: tuple[str, str], endpoint: str, env: Mapping[str, str]
+    ) -> object | None:
+        module_name, class_name = where
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            if not self._otlp_warned:
+                self._otlp_warned = True
+                log.warning(
+                    "OTEL_EXPORTER_OTLP_*ENDPOINT is set but %s is not installed: "
+                    "no OTLP export (GET /metrics still works)",
+                    _OTLP_PACKAGE,
+                )
+            return None
+        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip()
+        if protocol and protocol != "http/protobuf" and not self._otlp_warned:
+            self._otlp_warned = True
+            log.warning("OTLP protocol %r is not supported; exporting http/protobuf", protocol)
+        exporter_class: Callable[..., object] = getattr(module, class_name)
+        return exporter_class(endpoint=endpoint)
+
+    # -- per call ------------------------------------------------------------
+
+    def start_call(
+        self, headers: Mapping[str, str], *, model: str | None, stream: bool
+    ) -> CallTrace:
+        """Open the call's span as a child of the app's trace context, if it sent one."""
+        # The propagator looks keys up as written: normalise so a plain dict
+        # with "Traceparent" works like aiohttp's case-insensitive headers.
+        carrier = {key.lower(): value for key, value in headers.items()}
+        parent = _PROPAGATOR.extract(carrier)
+        attributes: dict[str, AttributeValue] = {
+            **self.base_attributes,
+            "gen_ai.system": self.provider_name,
+            "openai_runtime.stream": stream,
+        }
+        if model:
+            attributes["gen_ai.request.model"] = model
+        span = self._tracer.start_span(
+            f"chat {model}" if model else "chat",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+        )
+        self.in_flight.add(1, self.runtime_attributes)
+        return CallTrace(self, span, model=model, stream=stream)
+
+    # -- events --------------------------------------------------------------
+
+    def credential_reloaded(self, outcome: ReloadOutcome) -> None:
+        """Count a key reload: ``loaded`` (first key), ``rotated``, ``unchanged`` or ``failed``."""
+        if outcome.error is not None:
+            result = "failed"
+        elif not outcome.changed:
+            result = "unchanged"
+        else:
+            result = "rotated" if outcome.previous is not None else "loaded"
+        self.credential_reloads.add(1, {"result": result, **self.runtime_attributes})
+
+    def config_reloaded(self, ok: bool) -> None:
+        result = "applied" if ok else "rejected"
+        self.config_reloads.add(1, {"result": result, **self.runtime_attributes})
+
+    def observe(
+        self, *, circuit: Callable[[], str], limiter: Callable[[], Mapping[str, Any]]
+    ) -> None:
+        """Read the breaker state and limiter snapshot at every collection (scrape/export)."""
+        self._circuit = circuit
+        self._limiter = limiter
+
+    def _read(self, source: Callable[[], Any] | None) -> Any:
+        if source is None:
+            return None
+        try:
+            return source()
+        except Exception as exc:  # a broken gauge must not break the scrape
+            log.warning("telemetry gauge source failed: %s", type(exc).__name__)
+            return None
+
+    def _observe_circuit(self, options: CallbackOptions) -> Iterable[Observation]:
+        state = self._read(self._circuit)
+        if state in _CIRCUIT_VALUES:
+            attributes = {"state": state, **self.runtime_attributes}
+            yield Observation(_CIRCUIT_VALUES[state], attributes)
+
+    def _observe_limits(
+        self, keys: Mapping[str, str], options: CallbackOptions
+    ) -> Iterable[Observation]:
+        snapshot = self._read(self._limiter)
+        if not isinstance(snapshot, Mapping):
+            return
+        for kind, key in keys.items():
+            value = snapshot.get(key)
+            # None means unknown (no headers yet / no local limit): no point, not a zero.
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                yield Observation(value, {"kind": kind, **self.runtime_attributes})
+
+    # -- export --------------------------------------------------------------
+
+    def prometheus_text(self) -> str:
+        """Every metric in Prometheus text format 0.0.4 (see :mod:`.prometheus`)."""
+        return self.prometheus.text()
+
+    def shutdown(self) -> None:
+        """Flush and stop what we built; an injected tracer provider is the caller's."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self._meter_provider.shutdown()
+        if self._own_tracer_provider is not None:
+            self._own_tracer_provider.shutdown()
+
+
+class CallTrace:
+    """One call's span and its attempts; the runner's ``AttemptObserver``."""
+
+    def __init__(self, telemetry: Telemetry, span: Span, *, model: str | None, stream: bool):
+        self._telemetry = telemetry
+        self.span = span
+        self._model = model
+        self._stream = stream
+        self._started = _monotonic()
+        self._attempts: dict[int, Span] = {}
+        self._last_error: str | None = None
+        self._finished = False
+
+    @property
+    def trace_id(self) -> str:
+        """The trace id as 32 hex digits, for log lines."""
+        return format(self.span.get_span_context().trace_id, "032x")
+
+    def set_request(self, *, model: str | None, stream: bool) -> None:
+        """Name the call once the body is parsed (the span starts before it is read)."""
+        self._model = model or self._model
+        self._stream = stream
+        if model:
+            self.span.update_name(f"chat {model}")
+            self.span.set_attribute("gen_ai.request.model", model)
+        self.span.set_attribute("openai_runtime.stream", stream)
+
+    def attempt_started(self, attempt: int) -> dict[str, str]:
+        """Open span ``attempt {n}``; its trace context is what upstream receives."""
+        telemetry = self._telemetry
+        if attempt >= 2:
+            attributes = {"error.type": self._last_error or "unknown"}
+            telemetry.retries.add(1, {**attributes, **telemetry.runtime_attributes})
+        previous = self._attempts.pop(attempt, None)
+        if previous is not None:  # the same number twice: never leak the first span
+            previous.end()
+        span_attributes: dict[str, AttributeValue] = {
+            "openai_runtime.attempt": attempt,
+            "http.request.method": "POST",
+            "server.address": telemetry.server_address,
+        }
+        if attempt >= 2:
+            span_attributes["http.request.resend_count"] = attempt - 1
+        span = telemetry._tracer.start_span(
+            f"attempt {attempt}",
+            context=trace.set_span_in_context(self.span),
+            kind=SpanKind.CLIENT,
+            attributes=span_attributes,
+        )
+        self._attempts[attempt] = span
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+        return carrier
+
+    def attempt_finished(self, attempt: int, status: int | None, error: RunnerError | None) -> None:
+        span = self._attempts.pop(attempt, None)
+        if error is not None:
+            self._last_error = error.kind
+        if span is None:
+            return
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+        if error is not None:
+            span.set_attribute("error.type", error.kind)
+            span.set_status(Status(StatusCode.ERROR, error.kind))
+        span.end()
+
+    def finish(
+        self,
+        info: CallInfo | None,
+        *,
+        status: int,
+        error: RunnerError | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        """End the call span and record the call's metrics; later calls do nothing."""
+        if self._finished:
+            return
+        self._finished = True
+        duration = max(0.0, _monotonic() - self._started)
+        telemetry = self._telemetry
+        span = self.span
+        if error is None and info is not None:
+            error = info.error
+        kind = error.kind if error is not None else error_type
+        if kind is None and status >= 400:
+            kind = str(status)  # semconv: the status code when nothing better is known
+
+        for dangling in self._attempts.values():  # e.g. cancelled while upstream was asked
+            dangling.set_attribute("error.type", kind or "incomplete")
+            dangling.end()
+        self._attempts.clear()
+
+        request_model = self._model or (info.request_model if info is not None else None)
+        response_model = info.response_model if info is not None else None
+        if request_model and not self._model:
+            span.update_name(f"chat {request_model}")
+            span.set_attribute("gen_ai.request.model", request_model)
+        span.set_attribute("http.response.status_code", status)
+        if info is not None:
+            span.set_attributes(_span_attributes(info))
+        if kind is not None:
+            span.set_attribute("error.type", kind)
+            span.set_status(Status(StatusCode.ERROR, kind))
+        span.end()
+
+        attributes = dict(telemetry.base_attributes)
+        if request_model:
+            attributes["gen_ai.request.model"] = request_model
+        if response_model:
+            attributes["gen_ai.response.model"] = response_model
+        telemetry.duration.record(
+            duration, {**attributes, "error.type": kind} if kind else attributes
+        )
+        if info is not None and info.usage is not None:
+            usage = info.usage
+            telemetry.token_usage.record(
+                usage.prompt_tokens, {**attributes, "gen_ai.token.type": "input"}
+            )
+            telemetry.token_usage.record(
+                usage.completion_tokens, {**attributes, "gen_ai.token.type": "output"}
+            )
+        if self._stream and info is not None and info.time_to_first_byte is not None:
+            telemetry.time_to_first_token.record(info.time_to_first_byte, attributes)
+
+        runtime = telemetry.runtime_attributes
+        named = response_model or request_model
+        model: dict[str, AttributeValue] = {"model": named} if named else {}
+        if info is not None and info.cost is not None:
+            cost = info.cost
+            telemetry.cost.add(cost.usd, {**model, **runtime, "estimated": cost.estimated})
+        outcome = kind or "ok"
+        telemetry.requests.add(1, {"outcome": outcome, "stream": self._stream, **model, **runtime})
+        telemetry.in_flight.add(-1, runtime)
+
+
+def _span_attributes(info: CallInfo) -> dict[str, AttributeValue]:
+    """What a finished call adds to its span: counts, names and ids only."""
+    usage, cost = info.usage, info.cost
+    candidates: dict[str, AttributeValue | None] = {
+        "openai_runtime.attempts": info.attempts,
+        "gen_ai.response.model": info.response_model,
+        "gen_ai.response.id": info.response_id,
+        "gen_ai.response.finish_reasons": list(info.finish_reasons) or None,
+        "openai_runtime.upstream.request_id": info.request_id,
+        "openai_runtime.credential.fingerprint": info.credential_fingerprint,
+        "gen_ai.usage.input_tokens": usage.prompt_tokens if usage else None,
+        "gen_ai.usage.output_tokens": usage.completion_tokens if usage else None,
+        "openai_runtime.usage.cached_tokens": usage.cached_tokens if usage else None,
+        "openai_runtime.usage.reasoning_tokens": usage.reasoning_tokens if usage else None,
+        "openai_runtime.usage.estimated": info.usage_estimated if usage else None,
+        "openai_runtime.cost.usd": cost.usd if cost else None,
+        "openai_runtime.cost.estimated": cost.estimated if cost else None,
+        "openai_runtime.cost.priced": cost.priced if cost else None,
+        "openai_runtime.time_to_first_byte": info.time_to_first_byte,
+    }
+    return {key: value for key, value in candidates.items() if value is not None and value != ""}
