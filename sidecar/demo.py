@@ -1,104 +1,155 @@
-"""``make demo``: the runner end to end on this machine, no cluster, no key needed.
+"""``make demo``: an app, the sidecar and a key rotation on this machine, no cluster needed.
 
-Starts the fake upstream on loopback, keeps the API key in a Secret-style
-volume, makes a non-streamed and a streamed call, and rotates the key the way
-kubelet does while the stream is running: the stream finishes with the old
-key, the next call uses the new one, nothing fails. With ``OPENAI_API_KEY``
-set it makes the same two calls against the real API instead (no rotation).
+It starts the fake upstream on loopback, keeps the API key in a directory
+written the way kubelet writes Secret volumes, starts a real sidecar in front
+of it, and plays the app: the official OpenAI SDK pointed at the sidecar
+(``base_url=.../v1``, a placeholder key). It makes a non-streamed and a
+streamed call and, while the stream runs, rotates the key the kubelet way:
+the stream finishes with the old key, the next call uses the new one, no
+request fails. With ``OPENAI_API_KEY`` set the sidecar talks to the real API
+instead (and nothing is rotated).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+from .app import Sidecar
+from .config import SidecarConfig
 from .fakeupstream import FakeUpstream
-from .runner import CallInfo, CredentialStore, OpenAiConfig, OpenAiRunner, RunnerError, SecretRef
 from .secretvolume import SecretVolume
 
 __all__ = ["main"]
 
-MESSAGES = [{"role": "user", "content": "Explain in one line why keys should rotate."}]
+MESSAGES = [{"role": "user", "content": "Explain in one line why API keys should rotate."}]
 
 
-def _line(label: str, info: CallInfo) -> str:
-    usage = info.usage
-    cost = info.cost
-    tokens = f"{usage.prompt_tokens} in / {usage.completion_tokens} out" if usage else "?"
-    return (
-        f"  {label:<22} model={info.response_model} tokens={tokens} "
-        f"cost=${cost.usd if cost else 0:.8f} key={info.credential_fingerprint} "
-        f"attempts={info.attempts}"
-    )
+def _cost(raw: Any) -> str:
+    return str(raw.headers.get("x-openai-runtime-cost-usd", "?"))
 
 
-async def _real(model: str) -> int:
-    config = OpenAiConfig.defaults_for_openai(SecretRef(env="OPENAI_API_KEY"))
-    store = CredentialStore(config.api_key)
-    store.load()
-    runner = OpenAiRunner(config, store)
-    try:
-        result = await runner.chat({"model": model, "messages": MESSAGES})
-        print(result.payload["choices"][0]["message"]["content"])
-        print(_line("non-streamed", result.info))
-        stream = await runner.stream({"model": model, "messages": MESSAGES})
-        async for _ in stream:
-            pass
-        print(_line("streamed", stream.info))
-    except RunnerError as err:
-        print(f"call failed: {err.kind}: {err.message}", file=sys.stderr)
-        return 1
-    finally:
-        await runner.aclose()
-    return 0
+async def _wait_for_fingerprint(sidecar: Sidecar, old: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = sidecar.credentials.current
+        if current is not None and current.fingerprint != old:
+            return current.fingerprint
+        await asyncio.sleep(0.02)
+    return old
 
 
-async def _local(model: str) -> int:
-    old_key, new_key = "sk-demo-old-key", "sk-demo-new-key"
-    upstream = FakeUpstream(keys={old_key, new_key}, chunks=8, chunk_delay=0.05)
-    url = await upstream.start()
+async def _play_app(sidecar: Sidecar, model: str, volume: SecretVolume | None) -> int:
+    import openai  # the app's SDK, unchanged; only the demo needs it
+
     failures = 0
-    with tempfile.TemporaryDirectory(prefix="openai-runtime-demo-") as tmp:
-        volume = SecretVolume(tmp)
-        volume.write(old_key)
-        config = OpenAiConfig.model_validate(
-            {"variant": {"direct": {"endpoint": url + "/v1"}}, "apiKey": {"file": str(volume.path)}}
-        )
-        store = CredentialStore(config.api_key)
-        store.load()
-        runner = OpenAiRunner(config, store)
-        print(f"fake upstream on {url}; key file {volume.path}")
+    async with openai.AsyncOpenAI(
+        base_url=sidecar.api_url + "/v1", api_key="placeholder-the-sidecar-adds-the-key"
+    ) as app:
         try:
-            result = await runner.chat({"model": model, "messages": MESSAGES})
-            print("reply:", result.payload["choices"][0]["message"]["content"])
-            print(_line("non-streamed", result.info))
-
-            stream = await runner.stream({"model": model, "messages": MESSAGES})
-            before = store.require().fingerprint
-            chunks = 0
-            async for _ in stream:
-                chunks += 1
-                if chunks == 1:
-                    volume.write(new_key)  # kubelet's atomic ..data swap
-                    outcome = store.reload()
-                    after = outcome.snapshot.fingerprint if outcome.snapshot else "?"
-                    print(f"  rotated key mid-stream: {before} -> {after}")
-                    fresh = await runner.chat({"model": model, "messages": MESSAGES})
-                    print(_line("call after rotation", fresh.info))
-            print(_line("stream (began before)", stream.info))
-        except RunnerError as err:
+            raw = await app.chat.completions.with_raw_response.create(
+                model=model, messages=MESSAGES
+            )
+            reply = raw.parse()
+            usage = reply.usage
+            print(f"reply:         {reply.choices[0].message.content}")
+            print(
+                f"non-streamed:  model={reply.model} tokens="
+                f"{usage.prompt_tokens if usage else '?'} in / "
+                f"{usage.completion_tokens if usage else '?'} out  cost=${_cost(raw)}"
+            )
+        except openai.APIError as exc:
             failures += 1
-            print(f"call failed: {err.kind}: {err.message}", file=sys.stderr)
+            print(f"non-streamed call failed: {exc}", file=sys.stderr)
+
+        before = sidecar.credentials.require().fingerprint
+        after = before
+        try:
+            stream = await app.chat.completions.create(
+                model=model,
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            text, usage_line = "", ""
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta is not None:
+                    text += chunk.choices[0].delta.content or ""
+                if chunk.usage is not None:
+                    usage_line = (
+                        f"{chunk.usage.prompt_tokens} in / {chunk.usage.completion_tokens} out"
+                    )
+                if volume is not None and after == before:
+                    volume.write("sk-demo-new-key")  # kubelet's atomic ..data swap
+                    after = await _wait_for_fingerprint(sidecar, before)
+                    print(f"rotated:       key {before} -> {after} while the stream was running")
+            print(f"streamed:      {text!r} tokens={usage_line}")
+        except openai.APIError as exc:
+            failures += 1
+            print(f"streamed call failed: {exc}", file=sys.stderr)
+
+        if volume is not None:
+            try:
+                raw = await app.chat.completions.with_raw_response.create(
+                    model=model, messages=MESSAGES
+                )
+                print(f"after rotation: cost=${_cost(raw)} (served with the new key)")
+            except openai.APIError as exc:
+                failures += 1
+                print(f"call after rotation failed: {exc}", file=sys.stderr)
+    return failures
+
+
+async def _run(model: str, real: bool) -> int:
+    upstream: FakeUpstream | None = None
+    volume: SecretVolume | None = None
+    with tempfile.TemporaryDirectory(prefix="openai-runtime-demo-") as tmp:
+        spec: dict[str, Any] = {
+            "runtime": {"namespace": "demo", "name": "local"},
+            "listen": {"api": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+            "watch": {"interval": "100ms", "shutdownGrace": "5s"},
+        }
+        if real:
+            spec["variant"] = {"direct": {}}
+            spec["apiKey"] = {"env": "OPENAI_API_KEY"}
+        else:
+            upstream = FakeUpstream(
+                keys={"sk-demo-old-key", "sk-demo-new-key"}, chunks=8, chunk_delay=0.05
+            )
+            await upstream.start()
+            volume = SecretVolume(Path(tmp) / "secret")
+            volume.write("sk-demo-old-key")
+            spec["variant"] = {"direct": {"endpoint": upstream.url + "/v1"}}
+            spec["apiKey"] = {"file": str(volume.path)}
+        sidecar = Sidecar(SidecarConfig.model_validate(spec))
+        await sidecar.start()
+        where = "api.openai.com" if real else f"the fake upstream at {upstream.url if upstream else ''}"
+        print(f"sidecar:       {sidecar.api_url}/v1 -> {where}")
+        try:
+            failures = await _play_app(sidecar, model, volume)
+            if upstream is not None:
+                seen = [r.key_fingerprint for r in upstream.requests]
+                print(f"upstream saw:  {seen}")
+            spend = {m: t.as_dict()["usd"] for m, t in sidecar.spend.items()}
+            print(f"spend so far:  {json.dumps(spend)} USD")
+            print(f"failed requests: {failures}")
+            print(
+                f"metrics:       {sidecar.admin_url}/metrics   status: {sidecar.admin_url}/status"
+                "   (while running; in a pod: port 9464)"
+            )
         finally:
-            await runner.aclose()
-            await upstream.stop()
-    seen = [r.key_fingerprint for r in upstream.requests]
-    print(f"upstream saw keys in order: {seen}")
-    print(f"failed requests: {failures}")
+            await sidecar.stop()
+            if upstream is not None:
+                await upstream.stop()
     return 1 if failures else 0
 
 
@@ -106,6 +157,6 @@ def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="openai-runtime demo")
     parser.add_argument("--model", default="gpt-4o-mini")
     args = parser.parse_args(list(argv))
-    if os.environ.get("OPENAI_API_KEY"):
-        return asyncio.run(_real(args.model))
-    return asyncio.run(_local(args.model))
+    # The demo prints its own story; the sidecar's JSON request log would interleave.
+    logging.basicConfig(level=logging.WARNING)
+    return asyncio.run(_run(args.model, real=bool(os.environ.get("OPENAI_API_KEY"))))
