@@ -164,6 +164,9 @@ class Sidecar:
             )
             return False
         if config == self.config:
+            # Back to the running config (say, a bad edit reverted): nothing to
+            # apply, but the earlier rejection no longer describes the file.
+            self.config_error = None
             return False
         if config.listen != self.config.listen:
             log.warning("listen addresses change only on restart; other changes applied")
@@ -181,9 +184,13 @@ class Sidecar:
 
     def _watch_key(self) -> None:
         interval = self.config.watch.interval
-        self._watchers = [w for w in self._watchers if w.on_change != self._on_key_change]
-        if self.config.api_key.file is not None:
-            watcher = FileWatcher(self.config.api_key.file, self._on_key_change, interval=interval)
+        for replaced in [w for w in self._watchers if w.on_change == self._on_key_change]:
+            replaced.cancel()  # else its task would poll the old file until the loop ends
+            self._watchers.remove(replaced)
+        # The store's ref, not self.config's: a reload sets it before self.config.
+        key_file = self.credentials.ref.file
+        if key_file is not None:
+            watcher = FileWatcher(key_file, self._on_key_change, interval=interval)
             self._watchers.append(watcher)
             if self._api is not None:
                 watcher.start()

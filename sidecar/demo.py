@@ -31,15 +31,18 @@ from .secretvolume import SecretVolume
 
 __all__ = ["main"]
 
-MESSAGES = [{"role": "user", "content": "Explain in one line why API keys should rotate."}]
+MESSAGES: list[Any] = [
+    {"role": "user", "content": "Explain in one line why API keys should rotate."}
+]
 
 
 def _cost(raw: Any) -> str:
     return str(raw.headers.get("x-openai-runtime-cost-usd", "?"))
 
 
-async def _wait_for_fingerprint(sidecar: Sidecar, old: str, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
+async def _wait_for_fingerprint(sidecar: Sidecar, old: str) -> str:
+    """The sidecar's watcher notices the swap on its own; show when it has."""
+    deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         current = sidecar.credentials.current
         if current is not None and current.fingerprint != old:
@@ -132,7 +135,9 @@ async def _run(model: str, real: bool) -> int:
             spec["apiKey"] = {"file": str(volume.path)}
         sidecar = Sidecar(SidecarConfig.model_validate(spec))
         await sidecar.start()
-        where = "api.openai.com" if real else f"the fake upstream at {upstream.url if upstream else ''}"
+        where = (
+            "api.openai.com" if real else f"the fake upstream at {upstream.url if upstream else ''}"
+        )
         print(f"sidecar:       {sidecar.api_url}/v1 -> {where}")
         try:
             failures = await _play_app(sidecar, model, volume)

@@ -78,6 +78,12 @@ class FileWatcher:
                 self._run(), name=f"watch {self.path.name}"
             )
 
+    def cancel(self) -> None:
+        """Stop the loop without waiting for it (for synchronous callers)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
