@@ -38,6 +38,13 @@ def _sidecar(argv: Sequence[str]) -> int:
     return sidecar_main(argv)
 
 
+def _crd(argv: Sequence[str]) -> int:
+    # The operator's package, but kopf-free: the CRD is generated from the models.
+    from openai_runtime_operator.crd import main as crd_main
+
+    return crd_main(argv)
+
+
 def _demo(argv: Sequence[str]) -> int:
     from .demo import main as demo_main
 
@@ -50,6 +57,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "chat": (_chat, "send one chat completion through the runner with a config file"),
     "pricing": (_pricing, "show the built-in price table or the cost of a usage"),
     "fake-upstream": (_fake_upstream, "serve a deterministic OpenAI/Azure-shaped upstream"),
+    "crd": (_crd, "print the OpenAiRuntime CustomResourceDefinition (YAML)"),
 }
 
 

@@ -1,0 +1,321 @@
+"""The ``OpenAiRuntime`` custom resource: its spec, its status, and its names on the cluster.
+
+These pydantic models are the CRD's source of truth: :mod:`.crd` generates the
+CustomResourceDefinition's schema from them, and reconciliation turns a spec
+into the sidecar's config with :func:`render_sidecar_config`. The spec reuses
+the sidecar's and the runner's config models (variant, models, pricing and
+every policy) rather than declaring them again, so a field added there
+appears here, in the CRD and in the rendered config at once.
+
+Pure code: no kopf, no kubernetes client, no I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from openai_runtime_sidecar.config import ModelSettings, RuntimeRef, SidecarConfig
+from openai_runtime_sidecar.runner.config import (
+    CircuitBreakerSettings,
+    RateLimitSettings,
+    RetrySettings,
+    SecretRef,
+    TimeoutSettings,
+    Variant,
+    _Model,
+)
+from openai_runtime_sidecar.runner.pricing import ModelPrice
+
+__all__ = [
+    "ANNOTATION_CREDENTIAL_VERSION",
+    "ANNOTATION_INJECTED",
+    "API_VERSION",
+    "CONDITION_CREDENTIAL_RESOLVED",
+    "CONDITION_READY",
+    "CONTAINER_NAME",
+    "CRD_NAME",
+    "DEFAULT_IMAGE",
+    "GROUP",
+    "KEY_MOUNT_DIR",
+    "KIND",
+    "LABEL_RUNTIME",
+    "MAX_ALLOWED_MODELS",
+    "MAX_MODEL_NAME_LENGTH",
+    "PLURAL",
+    "SHORT",
+    "SINGULAR",
+    "VERSION",
+    "Condition",
+    "ConvergenceStatus",
+    "CredentialStatus",
+    "OpenAiRuntimeSpec",
+    "OpenAiRuntimeStatus",
+    "SecretKeyRef",
+    "SidecarResources",
+    "SidecarSettings",
+    "key_file_path",
+    "render_sidecar_config",
+]
+
+GROUP = "infer.atomr.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "OpenAiRuntime"
+PLURAL = "openairuntimes"
+SINGULAR = "openairuntime"
+SHORT = "oair"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+LABEL_RUNTIME = f"{GROUP}/runtime"
+"""Pod opt-in label; its value names an OpenAiRuntime in the pod's namespace."""
+ANNOTATION_INJECTED = f"{GROUP}/injected"
+"""Set by the webhook on a pod it injected; its value is the runtime's name."""
+ANNOTATION_CREDENTIAL_VERSION = f"{GROUP}/credential-version"
+"""Set by the operator on a runtime's pods to the key's fingerprint (the rotation nudge)."""
+CONTAINER_NAME = "openai-runtime"
+"""Name of the injected sidecar container."""
+
+KEY_MOUNT_DIR = "/var/run/secrets/openai-runtime"
+"""Where the key's Secret volume is mounted in the sidecar (whole volume, never subPath)."""
+
+DEFAULT_IMAGE = "ghcr.io/atomr/openai-runtime:0.1.0"
+
+CONDITION_READY = "Ready"
+CONDITION_CREDENTIAL_RESOLVED = "CredentialResolved"
+
+# Bounds the API server needs to estimate the cost of the CEL rule on
+# ``models`` (an unbounded list of unbounded strings exceeds the budget);
+# the spec model enforces the same bounds so both sides agree.
+MAX_ALLOWED_MODELS = 128
+MAX_MODEL_NAME_LENGTH = 256
+
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# A Secret data key: [-._a-zA-Z0-9]+, but not "." or ".." nor starting with
+# ".." (written without look-ahead: the API server's regexes are RE2).
+_SECRET_KEY = r"^(\.[-_a-zA-Z0-9]|[-_a-zA-Z0-9])[-._a-zA-Z0-9]*$"
+# A resource quantity as Kubernetes writes it (100m, 64Mi, 1.5, 2e3).
+_QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+class SecretKeyRef(_Model):
+    """One key of a Secret in the runtime's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN, description="Secret name."
+    )
+    key: str = Field(
+        default="api-key",
+        min_length=1,
+        max_length=253,
+        pattern=_SECRET_KEY,
+        description="Key in the Secret's data holding the API key.",
+    )
+
+
+def _quantity_as_text(value: Any) -> Any:
+    # YAML reads ``cpu: 1`` as an integer; Kubernetes accepts both spellings.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_as_text),
+    Field(pattern=_QUANTITY),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string", "pattern": _QUANTITY}],
+            "description": "A resource quantity: 50m, 64Mi, 1.",
+        }
+    ),
+]
+"""A Kubernetes resource quantity, kept as its text."""
+
+
+class SidecarResources(_Model):
+    """Compute resources of the injected sidecar container."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=lambda: {"cpu": "50m", "memory": "64Mi"},
+        description="Resource requests (default cpu 50m, memory 64Mi).",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=lambda: {"memory": "128Mi"},
+        description="Resource limits (default memory 128Mi; no CPU limit, to avoid throttling).",
+    )
+
+
+class SidecarSettings(_Model):
+    """How the webhook injects the sidecar into opted-in pods."""
+
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, description="Sidecar image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Image pull policy of the sidecar container."
+    )
+    resources: SidecarResources = Field(
+        default_factory=SidecarResources, description="Sidecar container resources."
+    )
+    native: bool = Field(
+        default=True,
+        description=(
+            "Inject as a native sidecar (an init container with restartPolicy Always, "
+            "Kubernetes 1.29+): it starts before and stops after the app containers."
+        ),
+    )
+
+
+class OpenAiRuntimeSpec(_Model):
+    """Desired state: one upstream, one key, the models apps may use, and every policy."""
+
+    variant: Variant = Field(description="Exactly one of direct or azure.")
+    api_key_secret_ref: SecretKeyRef = Field(description="The Secret key holding the API key.")
+    models: ModelSettings = Field(
+        default_factory=ModelSettings, description="Which models apps may ask for."
+    )
+    pricing: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Per-model price overrides in USD per 1M tokens; they win over list prices.",
+    )
+    rate_limits: RateLimitSettings = Field(
+        default_factory=RateLimitSettings, description="Local admission control."
+    )
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Retry policy.")
+    circuit_breaker: CircuitBreakerSettings = Field(
+        default_factory=CircuitBreakerSettings, description="Circuit breaker."
+    )
+    timeouts: TimeoutSettings = Field(
+        default_factory=TimeoutSettings, description="Upper bounds on each phase of a call."
+    )
+    sidecar: SidecarSettings = Field(
+        default_factory=SidecarSettings, description="The injected sidecar container."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _bounded_models(cls, value: ModelSettings) -> ModelSettings:
+        if len(value.allow) > MAX_ALLOWED_MODELS:
+            raise ValueError(f"at most {MAX_ALLOWED_MODELS} allowed models")
+        names = [*value.allow, *([value.default] if value.default is not None else [])]
+        if any(not 1 <= len(name) <= MAX_MODEL_NAME_LENGTH for name in names):
+            raise ValueError(f"model names are 1 to {MAX_MODEL_NAME_LENGTH} characters")
+        return value
+
+    @property
+    def variant_name(self) -> Literal["direct", "azure"]:
+        """``direct`` or ``azure`` (shown in ``kubectl get`` through the status)."""
+        return "azure" if self.variant.azure is not None else "direct"
+
+    @property
+    def target_model(self) -> str | None:
+        """What the runtime calls: the Azure deployment, else the default model if any."""
+        if self.variant.azure is not None:
+            return self.variant.azure.deployment
+        return self.models.default
+
+
+class _StatusModel(BaseModel):
+    # Status is read back from the cluster, where kopf and older versions may
+    # have left fields of their own: ignore them rather than fail.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
+
+
+class Condition(_StatusModel):
+    """One observation, in the shape of the Kubernetes metav1.Condition."""
+
+    type: str = Field(min_length=1, max_length=316, description="Ready, CredentialResolved, ...")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase reason for the last transition.",
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
+    last_transition_time: datetime = Field(description="When the status last changed.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The spec generation this condition was computed from."
+    )
+
+
+class CredentialStatus(_StatusModel):
+    """The key currently in the Secret, by fingerprint only (never the key)."""
+
+    fingerprint: str = Field(min_length=1, description="sha256:<first 12 hex digits>.")
+    rotated_at: datetime | None = Field(
+        default=None, description="When the operator last saw the key change."
+    )
+    rotations: int = Field(default=0, ge=0, description="Key changes seen by the operator.")
+
+
+class ConvergenceStatus(_StatusModel):
+    """How many of the runtime's pods carry the current credential version."""
+
+    pods: int = Field(ge=0, description="Pods opted in to this runtime.")
+    current: int = Field(ge=0, description="Of those, pods annotated with the current key.")
+
+
+class OpenAiRuntimeStatus(_StatusModel):
+    """Observed state, written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The spec generation last reconciled."
+    )
+    variant: Literal["direct", "azure"] | None = Field(
+        default=None, description="The variant in use (for kubectl get)."
+    )
+    model: str | None = Field(
+        default=None,
+        description="The Azure deployment, or the default model of a direct runtime.",
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Ready and the rest.")
+    credential: CredentialStatus | None = Field(
+        default=None, description="The key in use, by fingerprint."
+    )
+    convergence: ConvergenceStatus | None = Field(
+        default=None, description="Rotation progress across the runtime's pods."
+    )
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of that type, if present."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+def key_file_path(spec: OpenAiRuntimeSpec) -> str:
+    """Where the sidecar reads the key: the Secret volume's file for the referenced key."""
+    return f"{KEY_MOUNT_DIR}/{spec.api_key_secret_ref.key}"
+
+
+def render_sidecar_config(namespace: str, name: str, spec: OpenAiRuntimeSpec) -> SidecarConfig:
+    """The sidecar config for runtime ``namespace/name``: the spec's policies, the key's file.
+
+    Listen addresses, request limits and file watching keep the sidecar's
+    defaults (the contract in DESIGN.md); everything the spec says is copied.
+    """
+    return SidecarConfig(
+        runtime=RuntimeRef(namespace=namespace, name=name),
+        variant=spec.variant,
+        api_key=SecretRef(file=key_file_path(spec)),
+        models=spec.models,
+        pricing=dict(spec.pricing),
+        rate_limits=spec.rate_limits,
+        retry=spec.retry,
+        circuit_breaker=spec.circuit_breaker,
+        timeouts=spec.timeouts,
+    )

@@ -1,0 +1,1 @@
+"""Tests of the operator: the OpenAiRuntime model and CRD, reconciliation, rotation."""
