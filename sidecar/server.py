@@ -174,13 +174,16 @@ class ApiHandlers:
         error_type: str | None = None
         status = 500
         trace = sidecar.telemetry.start_call(request.headers, model=None, stream=False)
+        # A stream's CallInfo as soon as it exists: a stream the app abandons
+        # (the handler is cancelled) is still logged and accounted.
+        opened: list[CallInfo] = []
         try:
             body = await self._read_body(request)
             stream = body.get("stream") is True
             trace.set_request(model=body["model"], stream=stream)
             extra = forward_headers(request.headers)
             if stream:
-                response, info, error = await self._stream(request, body, extra, trace)
+                response, info, error = await self._stream(request, body, extra, trace, opened)
             else:
                 response, info, error = await self._chat(body, extra, trace)
             status = response.status
@@ -188,10 +191,12 @@ class ApiHandlers:
         except BadRequest as bad:
             status, error_type = bad.status, bad.code
             return bad.response()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):
             status, error_type = 499, "client_disconnected"  # nginx's code for it
             raise
         finally:
+            if info is None and opened:
+                info = opened[0]
             duration = time.monotonic() - started
             trace.finish(info, status=status, error=error, error_type=error_type)
             sidecar.account(info)
@@ -249,13 +254,19 @@ class ApiHandlers:
         return web.Response(body=result.body, status=result.status, headers=headers), info, None
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], extra: dict[str, str], trace: Any
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        extra: dict[str, str],
+        trace: Any,
+        opened: list[CallInfo],
     ) -> tuple[web.StreamResponse, CallInfo | None, RunnerError | None]:
         runner = self.sidecar.runner
         try:
             handle = await runner.stream(body, headers=extra, observer=trace)
         except RunnerError as err:
             return _error_response(err), err.info, err
+        opened.append(handle.info)
         headers = _passthrough(handle.headers)
         headers.update(
             {

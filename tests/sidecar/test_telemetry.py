@@ -34,7 +34,7 @@ APP_SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{APP_SPAN_ID}-01"
 # Strings that must never leave the process through telemetry.
 SECRET_KEY = "sk-SENTINEL-KEY-do-not-export-0123456789"
-SECRET_PROMPT = "SENTINEL-PROMPT: my account number is 4242"
+SECRET_PROMPT = "SENTINEL-PROMPT: my account number is zq4242"
 FINGERPRINT = "sha256:abcdef012345"
 
 
@@ -573,7 +573,7 @@ def test_no_key_or_content_reaches_spans_metrics_or_prometheus(
     everything = "\n".join([*exported, data.to_json(), telemetry.prometheus_text()])
     assert FINGERPRINT in everything
     assert "RateLimited" in everything
-    for secret in (SECRET_KEY, "SENTINEL", "4242"):
+    for secret in (SECRET_KEY, "SENTINEL", "zq4242"):
         assert secret not in everything
 
 
