@@ -329,3 +329,24 @@ async def test_nothing_the_sidecar_answers_contains_the_key(
             assert "sk-test" not in text
     status = json.loads(text)
     assert status["credential"]["fingerprint"] == fingerprint(OLD_KEY)
+
+
+async def test_garbled_upstream_answers_are_a_502_transport_error(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    sidecar = await make_sidecar(retry={"maxAttempts": 2})
+    async with openai.AsyncOpenAI(
+        base_url=sidecar.api_url + "/v1", api_key="x", max_retries=0
+    ) as sdk:
+        with pytest.raises(openai.APIStatusError) as garbage:
+            await sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=[USER], extra_headers={"x-fake-scenario": "garbage"}
+            )
+        with pytest.raises(openai.APIStatusError) as html:
+            await sdk.chat.completions.create(
+                model="gpt-4o-mini", messages=[USER], extra_headers={"x-fake-scenario": "html-502"}
+            )
+    assert garbage.value.status_code == 502 and garbage.value.code == "upstream_transport_error"
+    assert garbage.value.response.headers["x-openai-runtime-attempts"] == "2"
+    assert html.value.status_code == 502, "upstream's own status is kept"
+    assert len(upstream.requests) == 4
