@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from .breaker import CircuitBreaker, CircuitPermit
+from .breaker import CircuitBreaker
 from .clock import Clock, SystemClock
 from .config import OpenAiConfig
 from .credentials import CredentialSnapshot, CredentialStore
@@ -198,8 +198,8 @@ class OpenAiRunner:
         send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
         extra_headers: Mapping[str, str] | None,
         observer: AttemptObserver | None,
-    ) -> tuple[T, CircuitPermit]:
-        """Run attempts until one succeeds or the policy gives up; the winner's permit is open."""
+    ) -> T:
+        """Run attempts until one succeeds or the policy gives up."""
         deadline = info.started_at + self._config.timeouts.total
         snapshot = self.credentials.require()
         reread = False
@@ -250,9 +250,10 @@ class OpenAiRunner:
                 permit.release()
                 raise
             else:
+                permit.success()
                 if observer is not None:
                     observer.attempt_finished(attempt, 200, None)
-                return result, permit
+                return result
 
     def _finish(self, info: CallInfo, permit: RatePermit, usage: Usage | None) -> None:
         info.duration = self.clock.monotonic() - info.started_at
@@ -270,13 +271,38 @@ class OpenAiRunner:
         else:
             permit.release()
 
-    async def _admit(self, info: CallInfo, tokens: int) -> RatePermit:
+    async def _begin(
+        self, body: Mapping[str, Any], stream: bool
+    ) -> tuple[CallInfo, bytes, int, RatePermit]:
+        """Encode the request and wait for the limiter: (info, payload, prompt estimate, permit)."""
+        info = self._new_info(body, stream=stream)
+        data = self._encode(body, stream, info)
+        prompt, output = self.estimate_tokens(body)
         try:
-            return await self.limiter.acquire(tokens)
+            return info, data, prompt, await self.limiter.acquire(prompt + output)
         except RunnerError as err:
             info.error, err.info = err, info
             err.attempts = 0
             info.duration = self.clock.monotonic() - info.started_at
+            raise
+
+    async def _call(
+        self,
+        info: CallInfo,
+        rate_permit: RatePermit,
+        send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
+        extra_headers: Mapping[str, str] | None,
+        observer: AttemptObserver | None,
+    ) -> T:
+        """The attempts of one admitted call; a failure settles the books before it is raised."""
+        try:
+            return await self._attempts(info, send, extra_headers, observer)
+        except RunnerError as err:
+            info.error, err.info = err, info
+            self._finish(info, rate_permit, None)
+            raise
+        except BaseException:
+            rate_permit.release()
             raise
 
     async def chat(
@@ -287,10 +313,7 @@ class OpenAiRunner:
         observer: AttemptObserver | None = None,
     ) -> ChatResult:
         """A non-streaming chat completion. Raises the runner's errors after retries."""
-        info = self._new_info(body, stream=False)
-        data = self._encode(body, False, info)
-        prompt, output = self.estimate_tokens(body)
-        rate_permit = await self._admit(info, prompt + output)
+        info, data, _, rate_permit = await self._begin(body, stream=False)
 
         async def send(
             snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
@@ -313,18 +336,9 @@ class OpenAiRunner:
                 raise TransportError(f"upstream answered {response.status} with a non-JSON body")
             return response.status, upstream_headers, raw, payload
 
-        try:
-            (status, upstream_headers, raw, payload), permit = await self._attempts(
-                info, send, headers, observer
-            )
-        except RunnerError as err:
-            info.error, err.info = err, info
-            self._finish(info, rate_permit, None)
-            raise
-        except BaseException:
-            rate_permit.release()
-            raise
-        permit.success()
+        status, upstream_headers, raw, payload = await self._call(
+            info, rate_permit, send, headers, observer
+        )
         info.status = status
         info.response_model = _text(payload.get("model"))
         info.response_id = _text(payload.get("id"))
@@ -351,10 +365,7 @@ class OpenAiRunner:
         Errors before that point are raised here (after retries); later ones are
         raised while iterating the returned :class:`ChatStream`.
         """
-        info = self._new_info(body, stream=True)
-        data = self._encode(body, True, info)
-        prompt, output = self.estimate_tokens(body)
-        rate_permit = await self._admit(info, prompt + output)
+        info, data, prompt, rate_permit = await self._begin(body, stream=True)
 
         async def send(
             snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
@@ -365,20 +376,10 @@ class OpenAiRunner:
             self._observe(info, response.headers)
             return await open_stream(response, info, now=self.clock.time())
 
-        try:
-            attempt, permit = await self._attempts(info, send, headers, observer)
-        except RunnerError as err:
-            info.error, err.info = err, info
-            self._finish(info, rate_permit, None)
-            raise
-        except BaseException:
-            rate_permit.release()
-            raise
-        permit.success()
+        attempt = await self._call(info, rate_permit, send, headers, observer)
         info.status = attempt.status
         info.time_to_first_byte = self.clock.monotonic() - info.started_at
-        prompt_estimate = prompt
-        return ChatStream(self, attempt, info, rate_permit, prompt_estimate)
+        return ChatStream(self, attempt, info, rate_permit, prompt)
 
 
 class ChatStream:
