@@ -27,6 +27,7 @@ from .runner import CallInfo, CircuitOpen, LocalRateLimited, RunnerError, Upstre
 
 if TYPE_CHECKING:
     from .app import Sidecar
+    from .telemetry import CallTrace
 
 __all__ = ["build_api_app", "openai_error"]
 
@@ -238,7 +239,7 @@ class ApiHandlers:
         return body
 
     async def _chat(
-        self, body: dict[str, Any], extra: dict[str, str], trace: Any
+        self, body: dict[str, Any], extra: dict[str, str], trace: CallTrace
     ) -> tuple[web.Response, CallInfo | None, RunnerError | None]:
         runner = self.sidecar.runner
         try:
@@ -258,7 +259,7 @@ class ApiHandlers:
         request: web.Request,
         body: dict[str, Any],
         extra: dict[str, str],
-        trace: Any,
+        trace: CallTrace,
         opened: list[CallInfo],
     ) -> tuple[web.StreamResponse, CallInfo | None, RunnerError | None]:
         runner = self.sidecar.runner
@@ -291,11 +292,9 @@ class ApiHandlers:
                     frame = json.dumps(err.openai_body(), separators=(",", ":"))
                     await response.write(b"data: " + frame.encode() + b"\n\n")
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            # The app went away: stop upstream at once, keep the books right.
-            await handle.aclose()
-            raise
         finally:
+            # Also when the app went away (cancelled, reset): stop upstream at
+            # once and settle the books.
             await handle.aclose()
         return response, handle.info, error
 
