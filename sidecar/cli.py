@@ -45,6 +45,13 @@ def _crd(argv: Sequence[str]) -> int:
     return crd_main(argv)
 
 
+def _operator(argv: Sequence[str]) -> int:
+    # kopf and the operator load only here: the sidecar never pays for them.
+    from openai_runtime_operator.main import main as operator_main
+
+    return operator_main(argv)
+
+
 def _demo(argv: Sequence[str]) -> int:
     from .demo import main as demo_main
 
@@ -58,6 +65,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "pricing": (_pricing, "show the built-in price table or the cost of a usage"),
     "fake-upstream": (_fake_upstream, "serve a deterministic OpenAI/Azure-shaped upstream"),
     "crd": (_crd, "print the OpenAiRuntime CustomResourceDefinition (YAML)"),
+    "operator": (_operator, "run the Kubernetes operator (kopf): runtimes, Secrets, rotation"),
 }
 
 

@@ -1,0 +1,72 @@
+"""State shared by the operator's handlers for the life of one operator run.
+
+The login handler (:mod:`.registry`) records the :class:`kopf.ConnectionInfo`
+it gave kopf here; reconciliation and the Secret watch then take their
+:class:`~.kubeapi.KubeApi` from it, and a per-runtime lock so that the two
+never compute a runtime's status from each other's half-written state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from .kubeapi import KubeApi
+
+__all__ = ["OperatorContext"]
+
+
+@dataclass
+class OperatorContext:
+    """What the handlers share: the API connection and per-runtime locks."""
+
+    resync_interval: float = 300.0
+    """Seconds between safety-net reconciliations of each runtime."""
+    token_source: Callable[[], str | None] | None = None
+    connection: kopf.ConnectionInfo | None = None
+    _api: KubeApi | None = field(default=None, repr=False)
+    _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, repr=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+
+    def set_connection(self, info: kopf.ConnectionInfo | None) -> None:
+        """Record what the login handler returned (a new login replaces the client)."""
+        if info is None or info == self.connection:
+            return
+        self.connection = info
+        old, self._api = self._api, None
+        if old is not None:
+            # Closed by the event loop later; in-flight calls finish on the old session.
+            asyncio.get_running_loop().create_task(old.close())
+
+    @property
+    def api(self) -> KubeApi:
+        if self._api is None:
+            if self.connection is None:
+                raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
+            self._api = KubeApi(self.connection, token_source=self.token_source)
+        return self._api
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._locks.pop((namespace, name), None)
+
+    def background(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run ``job`` until :meth:`close` (the resync loop)."""
+        task = asyncio.get_running_loop().create_task(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._api is not None:
+            await self._api.close()
+            self._api = None

@@ -1,0 +1,123 @@
+"""``openai-runtime operator``: run the kopf operator (the entry point of this package).
+
+Parses the command line, sets up JSON logs (the sidecar's formatter), builds
+the handler registry (:mod:`.registry`) and runs kopf until SIGTERM/SIGINT:
+peering on unless ``--standalone`` (so only one replica acts), bounded worker
+concurrency, an optional liveness endpoint for the Deployment's probe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+from openai_runtime_sidecar.logs import configure_logging
+
+from .context import OperatorContext
+from .kubeapi import service_account_token_source
+from .registry import build_registry, build_settings, default_login
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openai-runtime operator",
+        description=(
+            "Reconcile OpenAiRuntime resources into sidecar ConfigMaps and follow "
+            "the Secrets holding their API keys."
+        ),
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch this namespace (repeatable; globs as kopf accepts them)",
+    )
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        help="watch every namespace (the default when no --namespace is given)",
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=None,
+        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering: run even if other replicas are running (development only)",
+    )
+    parser.add_argument(
+        "--peering-name",
+        default="openai-runtime",
+        help="the KopfPeering object shared by the replicas (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=16,
+        help="at most this many objects handled at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="re-reconcile every runtime this often, as a safety net (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.resync_interval <= 0:
+        parser.error("--resync-interval must be positive")
+    try:
+        configure_logging(args.log_level)
+    except ValueError as exc:
+        parser.error(str(exc))
+    namespaces: list[str] = list(args.namespace)
+    clusterwide = not namespaces
+    ctx = OperatorContext(
+        resync_interval=args.resync_interval, token_source=service_account_token_source()
+    )
+    log = logging.getLogger(__name__)
+    log.info(
+        "Starting the openai-runtime operator",
+        extra={"namespaces": namespaces or "*", "standalone": args.standalone},
+    )
+    try:
+        kopf.run(
+            registry=build_registry(ctx, default_login, namespaces),
+            settings=build_settings(workers=args.workers, standalone=args.standalone),
+            clusterwide=clusterwide,
+            namespaces=namespaces,
+            standalone=args.standalone,
+            peering_name=args.peering_name,
+            liveness_endpoint=args.liveness,
+        )
+    except kopf.LoginError as exc:
+        log.error("Cannot reach the Kubernetes API: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

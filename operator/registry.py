@@ -1,0 +1,149 @@
+"""Wiring: which kopf handler does what, and the settings the operator runs with.
+
+:func:`build_registry` registers every handler in a fresh
+:class:`kopf.OperatorRegistry` (nothing is registered at import time, so tests
+run isolated operators): login, the runtime reconciliation on
+create/update/resume (:mod:`.reconciling`) and the safety-net resync loop
+(:mod:`.resync`, started at start-up), the
+index of runtimes by Secret and the read-only Secret watch (:mod:`.rotation`),
+and a deletion notice. :func:`build_settings` makes kopf keep its progress
+and diff-base in annotations (the CRD's status schema would prune kopf's own
+status fields) and bounds concurrency. :mod:`.main` runs the result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import kopf
+
+from .context import OperatorContext
+from .models import GROUP, LABEL_RUNTIME, PLURAL, VERSION
+from .reconciling import reconcile
+from .resync import resync_forever
+from .rotation import on_secret_event, runtime_pods, runtimes_by_secret
+
+__all__ = ["LoginFn", "build_registry", "build_settings", "default_login"]
+
+LoginFn = Callable[..., kopf.ConnectionInfo | None]
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: the kubeconfig (kopf's own logic)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def build_settings(
+    *, workers: int = 16, standalone: bool = False, posting_level: int = logging.WARNING
+) -> kopf.OperatorSettings:
+    """kopf's settings: state in annotations, bounded workers, only warnings as Events.
+
+    (``kopf.event``/``kopf.warn`` calls are posted whatever ``posting_level`` says.)
+    """
+    settings = kopf.OperatorSettings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage()
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
+    settings.persistence.finalizer = f"{GROUP}/operator"
+    settings.queueing.worker_limit = workers
+    settings.execution.max_workers = max(1, min(workers, 8))
+    settings.peering.standalone = standalone
+    settings.peering.name = "openai-runtime"
+    settings.posting.level = posting_level
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    return settings
+
+
+def build_registry(
+    ctx: OperatorContext, login: LoginFn = default_login, namespaces: Sequence[str] = ()
+) -> kopf.OperatorRegistry:
+    """A registry with all the operator's handlers, sharing ``ctx``.
+
+    ``namespaces`` scopes the safety-net resync (empty: cluster-wide), as the
+    same list scopes kopf's watches.
+    """
+    registry = kopf.OperatorRegistry()
+    resource = (GROUP, VERSION, PLURAL)
+
+    async def login_handler(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = login(**kwargs)
+        ctx.set_connection(info)
+        return info
+
+    kopf.on.login(registry=registry, id="login")(login_handler)
+
+    async def cleanup(**_: Any) -> None:
+        await ctx.close()
+
+    kopf.on.cleanup(registry=registry, id="cleanup")(cleanup)
+
+    async def reconcile_handler(
+        *,
+        body: kopf.Body,
+        spec: kopf.Spec,
+        meta: kopf.Meta,
+        namespace: str | None,
+        name: str,
+        logger: Logger,
+        **_: Any,
+    ) -> None:
+        # Returns nothing on purpose: kopf would store a result under status.
+        if not namespace:
+            return
+        await reconcile(
+            ctx,
+            body=body,
+            spec=spec,
+            meta=meta,
+            namespace=namespace,
+            name=name,
+            logger=logger,
+        )
+
+    for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
+        decorator(*resource, registry=registry, id="reconcile")(reconcile_handler)
+
+    async def start_resync(**_: Any) -> None:
+        ctx.background(resync_forever(ctx, namespaces, ctx.resync_interval))
+
+    kopf.on.startup(registry=registry, id="resync")(start_resync)
+
+    kopf.index(*resource, registry=registry, id="runtimes_by_secret")(runtimes_by_secret)
+
+    async def secret_handler(
+        *, namespace: str | None, name: str, logger: Logger, **kwargs: Any
+    ) -> None:
+        # kopf passes each index as a keyword named after it.
+        index = cast(kopf.Index[tuple[str, str], str], kwargs["runtimes_by_secret"])
+        await on_secret_event(ctx, namespace=namespace, name=name, index=index, logger=logger)
+
+    kopf.on.event("v1", "secrets", registry=registry, id="secrets")(secret_handler)
+
+    async def deleted_handler(
+        *,
+        type: str,
+        body: kopf.Body,
+        namespace: str | None,
+        name: str,
+        logger: Logger,
+        **_: Any,
+    ) -> None:
+        # An event handler, not on.delete: nothing to clean up (the ConfigMap is
+        # owned), so a finalizer would only make deletion depend on the operator.
+        if type != "DELETED" or not namespace or not name:
+            return
+        ctx.forget(namespace, name)
+        pods = await runtime_pods(ctx, namespace, name)
+        if pods:
+            message = (
+                f"{len(pods)} pod(s) still carry {LABEL_RUNTIME}={name}; their sidecars keep "
+                "the last config and key until restarted, new pods are not injected"
+            )
+            logger.warning(message)
+            kopf.warn(body, reason="RuntimeDeletedWithPods", message=message)
+
+    kopf.on.event(*resource, registry=registry, id="deleted")(deleted_handler)
+    return registry

@@ -1,0 +1,202 @@
+"""Key rotation: from a Secret's watch event to the runtimes' status and pods.
+
+kopf indexes runtimes by the Secret they reference (:func:`runtimes_by_secret`)
+and feeds every Secret event, read-only, to :func:`on_secret_event` (never an
+``on.update`` handler: that would write kopf's annotations onto Secrets). For
+each runtime that references the Secret, :func:`refresh_credential` reads
+the runtime and the Secret afresh, resolves the key to its fingerprint and, when anything
+changed, patches the status subresource. A new fingerprint is a rotation:
+``credential.rotatedAt``/``rotations`` move, a Normal ``CredentialRotated``
+Event is posted and :func:`nudge_pods` annotates the runtime's pods with
+``infer.atomr.io/credential-version`` so kubelet refreshes their volumes now.
+Unchanged data (label edits, resyncs) changes nothing. A Secret that appears
+or comes back makes ``CredentialResolved`` recover the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+
+from .context import OperatorContext
+from .kubeapi import KubeApiError, resource_path
+from .models import (
+    ANNOTATION_CREDENTIAL_VERSION,
+    API_VERSION,
+    LABEL_RUNTIME,
+    PLURAL,
+    OpenAiRuntimeSpec,
+    OpenAiRuntimeStatus,
+)
+from .status import dump_status, load_status, next_status, resolve_credential
+
+__all__ = [
+    "as_body",
+    "nudge_pods",
+    "on_secret_event",
+    "refresh_credential",
+    "rotation_event",
+    "runtime_pods",
+    "runtimes_by_secret",
+]
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+RETRY_DELAYS = (1.0, 3.0, 10.0)
+"""Seconds between attempts to follow a Secret change after an API error."""
+
+
+def as_body(raw: Mapping[str, Any]) -> kopf.Body:
+    """A plain object from the API as the ``kopf.Body`` that kopf's Event helpers take."""
+    return kopf.Body(cast(kopf.RawBody, dict(raw)))
+
+
+def runtimes_by_secret(
+    namespace: str | None, name: str | None, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], str]:
+    """Index entry of a runtime: ``(namespace, secret name) -> runtime name``."""
+    ref = spec.get("apiKeySecretRef")
+    secret = ref.get("name") if isinstance(ref, Mapping) else None
+    if not namespace or not name or not isinstance(secret, str):
+        return {}
+    return {(namespace, secret): name}
+
+
+def rotation_event(runtime: Mapping[str, Any], status: OpenAiRuntimeStatus) -> None:
+    """A Normal ``CredentialRotated`` Event on the runtime (the fingerprint only)."""
+    credential = status.credential
+    if credential is None:
+        return
+    kopf.event(
+        as_body(runtime),
+        type="Normal",
+        reason="CredentialRotated",
+        message=(
+            f"API key changed to {credential.fingerprint} "
+            f"(rotation {credential.rotations}); annotating the runtime's pods"
+        ),
+    )
+
+
+async def runtime_pods(ctx: OperatorContext, namespace: str, name: str) -> list[dict[str, Any]]:
+    """Pods opted in to runtime ``name`` (filtered here too: selectors are a hint)."""
+    pods = await ctx.api.list_items(
+        resource_path("v1", "pods", namespace), label_selector=f"{LABEL_RUNTIME}={name}"
+    )
+    return [
+        pod
+        for pod in pods
+        if (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RUNTIME) == name
+        and not pod.get("metadata", {}).get("deletionTimestamp")
+    ]
+
+
+async def nudge_pods(
+    ctx: OperatorContext, namespace: str, name: str, fp: str, logger: Logger
+) -> tuple[int, int]:
+    """Annotate the runtime's pods with the key's fingerprint; (pods, newly annotated)."""
+    pods = await runtime_pods(ctx, namespace, name)
+    nudged = 0
+    for pod in pods:
+        meta = pod.get("metadata", {})
+        if (meta.get("annotations") or {}).get(ANNOTATION_CREDENTIAL_VERSION) == fp:
+            continue
+        path = resource_path("v1", "pods", namespace, meta.get("name"))
+        if await ctx.api.merge_patch(
+            path, {"metadata": {"annotations": {ANNOTATION_CREDENTIAL_VERSION: fp}}}
+        ):
+            nudged += 1
+    if nudged:
+        logger.info("Annotated %d of %d pods with credential version %s", nudged, len(pods), fp)
+    return len(pods), nudged
+
+
+async def refresh_credential(
+    ctx: OperatorContext,
+    namespace: str,
+    runtime_name: str,
+    secret_name: str,
+    logger: Logger,
+) -> bool:
+    """Re-resolve one runtime's key from Secret ``secret_name``; True if it rotated.
+
+    Both objects are read afresh under the runtime's lock rather than taken
+    from the watch event: a late or replayed event must never roll a key back.
+    """
+    path = resource_path(API_VERSION, PLURAL, namespace, runtime_name)
+    async with ctx.lock(namespace, runtime_name):
+        runtime = await ctx.api.get(path)
+        if runtime is None or runtime.get("metadata", {}).get("deletionTimestamp"):
+            return False
+        spec = runtime.get("spec") or {}
+        ref = spec.get("apiKeySecretRef") or {}
+        if ref.get("name") != secret_name:
+            return False  # the index lagged behind a spec change
+        key = ref.get("key", "api-key")
+        secret = await ctx.api.get(resource_path("v1", "secrets", namespace, secret_name))
+        previous = load_status(runtime.get("status"))
+        try:
+            parsed: OpenAiRuntimeSpec | None = OpenAiRuntimeSpec.model_validate(spec)
+        except ValueError:
+            parsed = None
+        change = next_status(
+            previous,
+            generation=None,
+            spec=parsed,
+            credential=resolve_credential(secret_name, key, secret),
+            now=datetime.now(UTC).replace(microsecond=0),
+            spec_observed=False,
+        )
+        new = dump_status(change.status)
+        if new == dump_status(previous):
+            return False
+        await ctx.api.merge_patch(f"{path}/status", {"status": new})
+    logger.info(
+        "Runtime %s/%s credential %s",
+        namespace,
+        runtime_name,
+        "rotated" if change.rotated else "re-resolved",
+    )
+    if change.rotated and change.status.credential is not None:
+        rotation_event(runtime, change.status)
+        await nudge_pods(ctx, namespace, runtime_name, change.status.credential.fingerprint, logger)
+    elif "CredentialResolved" in change.changed_conditions:
+        resolved = change.status.condition("CredentialResolved")
+        if resolved is not None and resolved.status != "True":
+            kopf.warn(as_body(runtime), reason=resolved.reason, message=resolved.message)
+    return change.rotated
+
+
+async def on_secret_event(
+    ctx: OperatorContext,
+    *,
+    namespace: str | None,
+    name: str | None,
+    index: kopf.Index[tuple[str, str], str],
+    logger: Logger,
+) -> None:
+    """A Secret was listed, added, modified or deleted: follow it in its runtimes.
+
+    kopf does not retry event handlers, so transient API errors are retried
+    here a few times; the resync loop catches whatever still slips through.
+    """
+    if not namespace or not name or (namespace, name) not in index:
+        return
+    for runtime in sorted(set(index[namespace, name])):
+        for delay in (*RETRY_DELAYS, None):
+            try:
+                await refresh_credential(ctx, namespace, runtime, name, logger)
+                break
+            except (KubeApiError, OSError, TimeoutError) as exc:
+                if delay is None:
+                    logger.error(
+                        "Giving up on %s/%s until the next resync: %s", namespace, runtime, exc
+                    )
+                    break
+                logger.warning("Retrying %s/%s in %.0fs: %s", namespace, runtime, delay, exc)
+                await asyncio.sleep(delay)
