@@ -4,6 +4,9 @@ The login handler (:mod:`.registry`) records the :class:`kopf.ConnectionInfo`
 it gave kopf here; reconciliation and the Secret watch then take their
 :class:`~.kubeapi.KubeApi` from it, and a per-runtime lock so that the two
 never compute a runtime's status from each other's half-written state.
+It also carries the operator's telemetry (:mod:`.telemetry`), how to ask the
+sidecars for convergence (:mod:`.convergence`) and the background tasks
+(the resync loop, convergence follow-ups) that :meth:`OperatorContext.close` ends.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from aiohttp import web
 
+from .convergence import ConvergenceSettings
 from .kubeapi import KubeApi
+from .telemetry import OperatorTelemetry, start_metrics_server
 
 __all__ = ["OperatorContext"]
 
@@ -28,9 +34,17 @@ class OperatorContext:
     """Seconds between safety-net reconciliations of each runtime."""
     token_source: Callable[[], str | None] | None = None
     connection: kopf.ConnectionInfo | None = None
+    convergence: ConvergenceSettings = field(default_factory=ConvergenceSettings)
+    telemetry: OperatorTelemetry = field(default_factory=OperatorTelemetry)
+    metrics_address: tuple[str, int] | None = None
+    """Where to serve ``/metrics`` (None: nowhere); port 0 picks a free one."""
+    metrics_port: int | None = None
+    """The port the metrics server bound, once it runs."""
+    _metrics_runner: web.AppRunner | None = field(default=None, repr=False)
     _api: KubeApi | None = field(default=None, repr=False)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    _keyed: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict, repr=False)
 
     def set_connection(self, info: kopf.ConnectionInfo | None) -> None:
         """Record what the login handler returned (a new login replaces the client)."""
@@ -62,7 +76,35 @@ class OperatorContext:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def background_for(self, key: tuple[str, str], job: Coroutine[Any, Any, None]) -> None:
+        """Run ``job`` for one runtime, replacing (cancelling) the one it had running."""
+        previous = self._keyed.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.get_running_loop().create_task(job)
+        self._keyed[key] = task
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if self._keyed.get(key) is finished:
+                del self._keyed[key]
+
+        task.add_done_callback(done)
+
+    async def start_metrics(self) -> None:
+        """Serve the telemetry's ``/metrics`` at :attr:`metrics_address`, if any."""
+        if self.metrics_address is None or self._metrics_runner is not None:
+            return
+        host, port = self.metrics_address
+        self._metrics_runner, self.metrics_port = await start_metrics_server(
+            self.telemetry, host, port
+        )
+
     async def close(self) -> None:
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+            self._metrics_runner = None
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -3,23 +3,28 @@
 Parses the command line, sets up JSON logs (the sidecar's formatter), builds
 the handler registry (:mod:`.registry`) and runs kopf until SIGTERM/SIGINT:
 peering on unless ``--standalone`` (so only one replica acts), bounded worker
-concurrency, an optional liveness endpoint for the Deployment's probe.
+concurrency, an optional liveness endpoint for the Deployment's probe, and
+Prometheus metrics on ``--metrics-port`` (:mod:`.telemetry`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import kopf
+from opentelemetry import trace
 
 from openai_runtime_sidecar.logs import configure_logging
 
 from .context import OperatorContext
+from .convergence import ConvergenceSettings
 from .kubeapi import service_account_token_source
 from .registry import build_registry, build_settings, default_login
+from .telemetry import export_traces_from_env
 
 __all__ = ["build_parser", "main"]
 
@@ -77,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-reconcile every runtime this often, as a safety net (default %(default)s)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9465,
+        metavar="PORT",
+        help="serve Prometheus metrics on 0.0.0.0:PORT/metrics, 0 for none (default %(default)s)",
+    )
+    parser.add_argument(
+        "--sidecar-admin-port",
+        type=int,
+        default=9464,
+        metavar="PORT",
+        help="where sidecars answer GET /status, for convergence (default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
     return parser
@@ -89,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.resync_interval <= 0:
         parser.error("--resync-interval must be positive")
+    for flag, port in (
+        ("--metrics-port", args.metrics_port),
+        ("--sidecar-admin-port", args.sidecar_admin_port),
+    ):
+        if not 0 <= port <= 65535 or (port == 0 and flag == "--sidecar-admin-port"):
+            parser.error(f"{flag} must be a TCP port")
     try:
         configure_logging(args.log_level)
     except ValueError as exc:
@@ -96,13 +121,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespaces: list[str] = list(args.namespace)
     clusterwide = not namespaces
     ctx = OperatorContext(
-        resync_interval=args.resync_interval, token_source=service_account_token_source()
+        resync_interval=args.resync_interval,
+        token_source=service_account_token_source(),
+        convergence=ConvergenceSettings(port=args.sidecar_admin_port),
+        metrics_address=("0.0.0.0", args.metrics_port) if args.metrics_port else None,
     )
     log = logging.getLogger(__name__)
     log.info(
         "Starting the openai-runtime operator",
-        extra={"namespaces": namespaces or "*", "standalone": args.standalone},
+        extra={"fields": {"namespaces": namespaces or "*", "standalone": args.standalone}},
     )
+    tracing = export_traces_from_env(os.environ)
+    if tracing is not None:
+        trace.set_tracer_provider(tracing)  # the spans of .telemetry go to the global one
     try:
         kopf.run(
             registry=build_registry(ctx, default_login, namespaces),
@@ -116,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except kopf.LoginError as exc:
         log.error("Cannot reach the Kubernetes API: %s", exc)
         return 1
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flush the last spans
     return 0
 
 

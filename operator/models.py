@@ -268,7 +268,7 @@ class ConvergenceStatus(_StatusModel):
     """How many of the runtime's pods carry the current credential version."""
 
     pods: int = Field(ge=0, description="Pods opted in to this runtime.")
-    current: int = Field(ge=0, description="Of those, pods annotated with the current key.")
+    current: int = Field(ge=0, description="Of those, pods whose sidecar serves the current key.")
 
 
 class OpenAiRuntimeStatus(_StatusModel):

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from .context import OperatorContext
 from .kubeapi import KubeApiError, resource_path
 from .models import API_VERSION, CONDITION_READY, PLURAL, OpenAiRuntimeSpec, render_sidecar_config
-from .rotation import as_body, nudge_pods, rotation_event
+from .rotation import after_rotation, as_body
 from .status import (
     CredentialResolution,
     StatusChange,
@@ -170,8 +170,33 @@ async def reconcile(
     The status is read and written under the runtime's lock, straight through
     the API: kopf applies a handler's ``patch`` only after the handler returns,
     outside any lock, where it could overwrite a rotation that the Secret watch
-    recorded meanwhile. None when the runtime is gone.
+    recorded meanwhile. None when the runtime is gone. Traced as
+    ``reconcile <namespace>/<name>`` and counted by result.
     """
+    with ctx.telemetry.span("reconcile", namespace, name) as span:
+        try:
+            change = await _reconcile(
+                ctx, body=body, spec=spec, meta=meta, namespace=namespace, name=name, logger=logger
+            )
+        except Exception:
+            ctx.telemetry.reconciled(span, "error")
+            raise
+        ready = change.status.condition(CONDITION_READY) if change is not None else None
+        invalid = ready is not None and ready.reason == "InvalidSpec"
+        ctx.telemetry.reconciled(span, "invalid" if invalid else "ok")
+        return change
+
+
+async def _reconcile(
+    ctx: OperatorContext,
+    *,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    namespace: str,
+    name: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> StatusChange | None:
     generation = meta.get("generation")
     generation = generation if isinstance(generation, int) else None
     parsed: OpenAiRuntimeSpec | None = None
@@ -207,10 +232,8 @@ async def reconcile(
         if new != dump_status(previous):
             await ctx.api.merge_patch(f"{path}/status", {"status": new})
     _report(body, change, resolution, generation != previous.observed_generation)
-    if change.rotated and change.status.credential is not None:
-        fp = change.status.credential.fingerprint
-        rotation_event(body, change.status)
-        await nudge_pods(ctx, namespace, name, fp, logger)
+    if change.rotated:
+        await after_rotation(ctx, body, change.status, logger)
     return change
 
 

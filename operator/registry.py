@@ -4,7 +4,8 @@
 :class:`kopf.OperatorRegistry` (nothing is registered at import time, so tests
 run isolated operators): login, the runtime reconciliation on
 create/update/resume (:mod:`.reconciling`) and the safety-net resync loop
-(:mod:`.resync`, started at start-up), the
+(:mod:`.resync`, started at start-up with the metrics server of
+:mod:`.telemetry`), the
 index of runtimes by Secret and the read-only Secret watch (:mod:`.rotation`),
 and a deletion notice. :func:`build_settings` makes kopf keep its progress
 and diff-base in annotations (the CRD's status schema would prune kopf's own
@@ -108,6 +109,7 @@ def build_registry(
 
     async def start_resync(**_: Any) -> None:
         ctx.background(resync_forever(ctx, namespaces, ctx.resync_interval))
+        await ctx.start_metrics()
 
     kopf.on.startup(registry=registry, id="resync")(start_resync)
 

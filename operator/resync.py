@@ -4,7 +4,8 @@ Watches can miss events (a dropped stream, an operator restart mid-rotation),
 so a background loop started by the operator's startup handler lists the
 runtimes in scope and runs :func:`.reconciling.reconcile` on each. It
 repairs a drifted ConfigMap, recovers a missed rotation (Event and pod
-nudges included) and re-annotates pods that missed a nudge. It is a loop of
+nudges included) and re-annotates pods that missed a nudge, and reports once more how many pods
+serve the current key (``status.convergence``, see :mod:`.convergence`). It is a loop of
 its own rather than a ``kopf.timer`` because kopf puts a finalizer on every
 object with a timer, and a runtime's deletion must never wait for the
 operator.
@@ -21,6 +22,7 @@ from typing import Any
 import kopf
 
 from .context import OperatorContext
+from .convergence import update_convergence
 from .kubeapi import KubeApiError, resource_path
 from .models import API_VERSION, PLURAL
 from .reconciling import reconcile
@@ -73,6 +75,8 @@ async def resync_one(ctx: OperatorContext, raw: dict[str, Any]) -> None:
     resolved = change.status.condition("CredentialResolved")
     if credential is not None and resolved is not None and resolved.status == "True":
         await nudge_pods(ctx, namespace, name, credential.fingerprint, logger)
+    if credential is not None:
+        await update_convergence(ctx, namespace, name)
 
 
 async def resync_once(ctx: OperatorContext, namespaces: Sequence[str]) -> int:

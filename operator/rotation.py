@@ -8,7 +8,8 @@ the runtime and the Secret afresh, resolves the key to its fingerprint and, when
 changed, patches the status subresource. A new fingerprint is a rotation:
 ``credential.rotatedAt``/``rotations`` move, a Normal ``CredentialRotated``
 Event is posted and :func:`nudge_pods` annotates the runtime's pods with
-``infer.atomr.io/credential-version`` so kubelet refreshes their volumes now.
+``infer.atomr.io/credential-version`` so kubelet refreshes their volumes now;
+then :mod:`.convergence` follows, in the background, how many pods serve it.
 Unchanged data (label edits, resyncs) changes nothing. A Secret that appears
 or comes back makes ``CredentialResolved`` recover the same way.
 """
@@ -24,11 +25,11 @@ from typing import Any, cast
 import kopf
 
 from .context import OperatorContext
+from .convergence import follow_convergence, runtime_pods
 from .kubeapi import KubeApiError, resource_path
 from .models import (
     ANNOTATION_CREDENTIAL_VERSION,
     API_VERSION,
-    LABEL_RUNTIME,
     PLURAL,
     OpenAiRuntimeSpec,
     OpenAiRuntimeStatus,
@@ -36,6 +37,7 @@ from .models import (
 from .status import dump_status, load_status, next_status, resolve_credential
 
 __all__ = [
+    "after_rotation",
     "as_body",
     "nudge_pods",
     "on_secret_event",
@@ -83,19 +85,6 @@ def rotation_event(runtime: Mapping[str, Any], status: OpenAiRuntimeStatus) -> N
     )
 
 
-async def runtime_pods(ctx: OperatorContext, namespace: str, name: str) -> list[dict[str, Any]]:
-    """Pods opted in to runtime ``name`` (filtered here too: selectors are a hint)."""
-    pods = await ctx.api.list_items(
-        resource_path("v1", "pods", namespace), label_selector=f"{LABEL_RUNTIME}={name}"
-    )
-    return [
-        pod
-        for pod in pods
-        if (pod.get("metadata", {}).get("labels") or {}).get(LABEL_RUNTIME) == name
-        and not pod.get("metadata", {}).get("deletionTimestamp")
-    ]
-
-
 async def nudge_pods(
     ctx: OperatorContext, namespace: str, name: str, fp: str, logger: Logger
 ) -> tuple[int, int]:
@@ -111,9 +100,30 @@ async def nudge_pods(
             path, {"metadata": {"annotations": {ANNOTATION_CREDENTIAL_VERSION: fp}}}
         ):
             nudged += 1
+    ctx.telemetry.nudged(len(pods), nudged)
     if nudged:
         logger.info("Annotated %d of %d pods with credential version %s", nudged, len(pods), fp)
     return len(pods), nudged
+
+
+async def after_rotation(
+    ctx: OperatorContext, runtime: Mapping[str, Any], status: OpenAiRuntimeStatus, logger: Logger
+) -> None:
+    """A recorded rotation's follow-up: Event, pod nudges, convergence report.
+
+    Traced as ``rotate <namespace>/<name>``; the convergence checks run in the
+    background so the handler does not wait for the sidecars.
+    """
+    credential = status.credential
+    meta = runtime.get("metadata") or {}
+    namespace, name = meta.get("namespace"), meta.get("name")
+    if credential is None or not isinstance(namespace, str) or not isinstance(name, str):
+        return
+    with ctx.telemetry.span("rotate", namespace, name) as span:
+        ctx.telemetry.rotated(span, credential.fingerprint, credential.rotations)
+        rotation_event(runtime, status)
+        await nudge_pods(ctx, namespace, name, credential.fingerprint, logger)
+    ctx.background_for((namespace, name), follow_convergence(ctx, namespace, name))
 
 
 async def refresh_credential(
@@ -162,9 +172,8 @@ async def refresh_credential(
         runtime_name,
         "rotated" if change.rotated else "re-resolved",
     )
-    if change.rotated and change.status.credential is not None:
-        rotation_event(runtime, change.status)
-        await nudge_pods(ctx, namespace, runtime_name, change.status.credential.fingerprint, logger)
+    if change.rotated:
+        await after_rotation(ctx, runtime, change.status, logger)
     elif "CredentialResolved" in change.changed_conditions:
         resolved = change.status.condition("CredentialResolved")
         if resolved is not None and resolved.status != "True":

@@ -189,13 +189,17 @@ def next_status(
     order = [CONDITION_READY, CONDITION_CREDENTIAL_RESOLVED]
     ordered = [conditions[t] for t in order if t in conditions]
     ordered += [c for t, c in conditions.items() if t not in order]
+    convergence = previous.convergence
+    if rotated and convergence is not None:
+        # No sidecar has confirmed the new key yet (:mod:`.convergence` counts them).
+        convergence = convergence.model_copy(update={"current": 0})
     status = OpenAiRuntimeStatus(
         observed_generation=generation,
         variant=spec.variant_name if spec is not None and spec_observed else previous.variant,
         model=spec.target_model if spec is not None and spec_observed else previous.model,
         conditions=ordered,
         credential=stored,
-        convergence=previous.convergence,
+        convergence=convergence,
     )
     changed = tuple(
         c.type

@@ -47,3 +47,14 @@ def test_cli_lists_operator_and_sidecar_cli_does_not_import_kopf(tmp_path: objec
         timeout=60,
     )
     assert "--all-namespaces" in out.stdout
+
+
+def test_metrics_and_sidecar_ports() -> None:
+    args = build_parser().parse_args([])
+    assert (args.metrics_port, args.sidecar_admin_port) == (9465, 9464)
+    args = build_parser().parse_args(["--metrics-port", "0", "--sidecar-admin-port", "19464"])
+    assert (args.metrics_port, args.sidecar_admin_port) == (0, 19464)
+    for bad in (["--metrics-port", "70000"], ["--sidecar-admin-port", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(bad)
+        assert exc.value.code == 2

@@ -483,7 +483,11 @@ async def test_resync_is_idempotent_and_repairs_drift(operator: Cluster) -> None
     await operator.start()
     await eventually(ready(operator, "alpha"), "Ready")
     cm = await eventually(lambda: operator.get("v1/configmaps", "alpha-openai-runtime"), "CM")
+    # The first resync reports convergence (no pods yet); nothing else changes.
+    before = operator.status("alpha")
+    assert await resync_once(operator.ctx, [NS]) == 1
     status = operator.status("alpha")
+    assert status == {**before, "convergence": {"pods": 0, "current": 0}}
     status_patches = len(operator.requests("PATCH", "/alpha/status"))
 
     assert await resync_once(operator.ctx, [NS]) == 1

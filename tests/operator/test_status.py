@@ -6,7 +6,7 @@ import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from openai_runtime_operator.models import OpenAiRuntimeSpec
+from openai_runtime_operator.models import ConvergenceStatus, OpenAiRuntimeSpec, OpenAiRuntimeStatus
 from openai_runtime_operator.status import (
     dump_status,
     load_status,
@@ -118,3 +118,16 @@ def test_secret_watch_keeps_spec_verdicts() -> None:
     ready = after.status.condition("Ready")
     assert ready is not None and ready.reason == "InvalidSpec" and ready.message == "bad"
     assert after.status.observed_generation == 3
+
+
+def test_rotation_resets_current_pods_and_keeps_the_count() -> None:
+    old = resolve_credential("k", "api-key", secret(OLD_KEY))
+    new = resolve_credential("k", "api-key", secret(NEW_KEY))
+    start = next_status(OpenAiRuntimeStatus(), generation=1, spec=SPEC, credential=old, now=T0)
+    converged = start.status.model_copy(
+        update={"convergence": ConvergenceStatus(pods=3, current=3)}
+    )
+    same = next_status(converged, generation=1, spec=SPEC, credential=old, now=T0)
+    assert same.status.convergence == ConvergenceStatus(pods=3, current=3)
+    rotated = next_status(converged, generation=1, spec=SPEC, credential=new, now=T0)
+    assert rotated.status.convergence == ConvergenceStatus(pods=3, current=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 
@@ -45,3 +46,37 @@ async def test_spans_and_metrics_reach_an_otlp_collector() -> None:
     assert b"chat gpt-4o-mini" in traces and b"invalid_json" in traces
     metrics = b"".join(body for path, _, body in received if path == "/v1/metrics")
     assert b"openai_runtime.requests" in metrics
+
+
+async def test_operator_spans_reach_an_otlp_collector() -> None:
+    from openai_runtime_operator.telemetry import export_traces_from_env
+
+    assert export_traces_from_env({}) is None
+    received: list[bytes] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    endpoint = f"http://{host}:{port}/v1/traces"
+    previous = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
+    try:
+        provider = export_traces_from_env(os.environ)
+        assert provider is not None
+        with provider.get_tracer("test").start_as_current_span("reconcile team-a/chat"):
+            pass
+        await asyncio.to_thread(provider.shutdown)
+    finally:
+        if previous is None:
+            del os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        else:
+            os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = previous
+        await runner.cleanup()
+    assert any(b"reconcile team-a/chat" in body for body in received)

@@ -1,0 +1,159 @@
+"""The operator's own telemetry: spans for reconciles and rotations, a few counters.
+
+Spans go to the tracer provider given (tests inject one with an in-memory
+exporter) or else to OpenTelemetry's global one, which is a no-op unless the
+deployment configures it. Every metric is recorded once through an SDK
+:class:`MeterProvider` of our own (never the global one: tests run several
+operators) and read by the sidecar's :class:`PrometheusReader` for scraping,
+plus any readers given. Attributes name runtimes, results and fingerprints,
+never a key.
+
+- ``openai_runtime_operator.reconciles{result=ok|invalid|error}``
+- ``openai_runtime_operator.rotations``
+- ``openai_runtime_operator.pods_nudged``
+
+:func:`start_metrics_server` serves them as Prometheus text on ``/metrics``
+(and ``/healthz``) from a tiny aiohttp server; :mod:`.registry` starts it at
+start-up when the context has a metrics address and stops it at cleanup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
+
+from openai_runtime_sidecar.prometheus import CONTENT_TYPE, PrometheusReader
+
+__all__ = ["OperatorTelemetry", "export_traces_from_env", "start_metrics_server"]
+
+_SCOPE = "openai_runtime_operator"
+
+
+_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def export_traces_from_env(environ: Mapping[str, str]) -> SdkTracerProvider | None:
+    """An SDK tracer provider exporting over OTLP/HTTP, when configured (else None).
+
+    Only when a standard ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variable is set (and
+    the SDK is not disabled); the exporter reads its endpoint, headers and
+    timeouts from those variables itself. The caller installs it and shuts it down.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if not any(environ.get(name, "").strip() for name in _OTLP_ENDPOINTS):
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = SdkTracerProvider(
+        resource=Resource.create({"service.name": "openai-runtime-operator"})
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+class OperatorTelemetry:
+    """The operator's tracer and instruments; one per :class:`.OperatorContext`."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        metric_readers: Sequence[MetricReader] = (),
+    ) -> None:
+        provider = tracer_provider or trace.get_tracer_provider()
+        self._tracer = provider.get_tracer(_SCOPE)
+        self.prometheus = PrometheusReader()
+        self._meter_provider = MeterProvider(metric_readers=[self.prometheus, *metric_readers])
+        meter = self._meter_provider.get_meter(_SCOPE)
+        self.reconciles = meter.create_counter(
+            "openai_runtime_operator.reconciles",
+            "{reconcile}",
+            "Reconciliations of runtimes by result (ok, invalid, error).",
+        )
+        self.rotations = meter.create_counter(
+            "openai_runtime_operator.rotations", "{rotation}", "Key rotations recorded."
+        )
+        self.pods_nudged = meter.create_counter(
+            "openai_runtime_operator.pods_nudged",
+            "{pod}",
+            "Pods annotated with a new credential version.",
+        )
+        self._shut_down = False
+
+    @contextlib.contextmanager
+    def span(self, operation: str, namespace: str, name: str) -> Iterator[Span]:
+        """A span ``<operation> <namespace>/<name>``; an escaping error marks it failed."""
+        with self._tracer.start_as_current_span(
+            f"{operation} {namespace}/{name}",
+            attributes={
+                "openai_runtime.namespace": namespace,
+                "openai_runtime.runtime": name,
+            },
+            record_exception=True,
+            set_status_on_exception=True,
+        ) as span:
+            yield span
+
+    def reconciled(self, span: Span, result: str) -> None:
+        """Count one reconcile with ``result`` and put it on its span."""
+        span.set_attribute("openai_runtime.result", result)
+        if result == "error":
+            span.set_status(Status(StatusCode.ERROR))
+        self.reconciles.add(1, {"result": result})
+
+    def rotated(self, span: Span, fingerprint: str, rotations: int) -> None:
+        """Count one rotation (the fingerprint and count go on the span, never the key)."""
+        span.set_attribute("openai_runtime.credential.fingerprint", fingerprint)
+        span.set_attribute("openai_runtime.credential.rotations", rotations)
+        self.rotations.add(1)
+
+    def nudged(self, pods: int, nudged: int) -> None:
+        """Count pods annotated with a new credential version (also on the current span)."""
+        span = trace.get_current_span()
+        span.set_attribute("openai_runtime.pods", pods)
+        span.set_attribute("openai_runtime.pods_nudged", nudged)
+        if nudged:
+            self.pods_nudged.add(nudged)
+
+    def prometheus_text(self) -> str:
+        """Every metric in Prometheus text format 0.0.4."""
+        return self.prometheus.text()
+
+    def shutdown(self) -> None:
+        if not self._shut_down:
+            self._shut_down = True
+            self._meter_provider.shutdown()
+
+
+async def start_metrics_server(
+    telemetry: OperatorTelemetry, host: str, port: int
+) -> tuple[web.AppRunner, int]:
+    """Serve ``/metrics`` and ``/healthz`` on ``host:port``; the runner and the bound port."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=telemetry.prometheus_text().encode("utf-8"),
+            headers={"Content-Type": CONTENT_TYPE},
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, int(bound)
