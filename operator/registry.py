@@ -21,6 +21,7 @@ from typing import Any, cast
 import kopf
 
 from .context import OperatorContext
+from .injecting import mutate_pod
 from .models import GROUP, LABEL_RUNTIME, PLURAL, VERSION
 from .reconciling import reconcile
 from .resync import resync_forever
@@ -59,12 +60,18 @@ def build_settings(
 
 
 def build_registry(
-    ctx: OperatorContext, login: LoginFn = default_login, namespaces: Sequence[str] = ()
+    ctx: OperatorContext,
+    login: LoginFn = default_login,
+    namespaces: Sequence[str] = (),
+    *,
+    admission: bool = False,
 ) -> kopf.OperatorRegistry:
     """A registry with all the operator's handlers, sharing ``ctx``.
 
     ``namespaces`` scopes the safety-net resync (empty: cluster-wide), as the
-    same list scopes kopf's watches.
+    same list scopes kopf's watches. ``admission`` adds the pod-injecting
+    mutating webhook (handler id ``inject``, :mod:`.injecting`); kopf then
+    refuses to run without ``settings.admission.server``.
     """
     registry = kopf.OperatorRegistry()
     resource = (GROUP, VERSION, PLURAL)
@@ -148,4 +155,20 @@ def build_registry(
             kopf.warn(body, reason="RuntimeDeletedWithPods", message=message)
 
     kopf.on.event(*resource, registry=registry, id="deleted")(deleted_handler)
+
+    if admission:
+
+        async def inject_handler(
+            *, body: kopf.Body, patch: kopf.Patch, namespace: str | None, **_: Any
+        ) -> None:
+            await mutate_pod(ctx, body=body, patch=patch, namespace=namespace)
+
+        kopf.on.mutate(
+            "v1",
+            "pods",
+            registry=registry,
+            id="inject",
+            operations=["CREATE"],
+            labels={LABEL_RUNTIME: kopf.PRESENT},
+        )(inject_handler)
     return registry

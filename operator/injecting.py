@@ -1,0 +1,246 @@
+"""The mutating admission webhook: inject the sidecar into opted-in pods.
+
+A pod opts in with the label ``infer.atomr.io/runtime: <runtime>``; the
+runtime must exist in the pod's namespace. :func:`inject` is the pure part:
+given the pod and the runtime it returns the pod with the sidecar container
+(a native sidecar, i.e. an init container with ``restartPolicy: Always``,
+unless ``spec.sidecar.native`` is false), its config and key volumes (the key
+Secret mounted whole, never through ``subPath``, so rotations reach it), the
+env that points the app's OpenAI SDK at the sidecar (only where unset) and the
+injection annotations. :func:`mutate_pod` is the kopf ``@kopf.on.mutate``
+handler: it fetches the runtime and applies :func:`inject` to kopf's patch,
+which kopf turns into the JSONPatch of the admission response.
+
+Pods that cannot be served are denied rather than admitted without the sidecar:
+a missing or invalid runtime, and ``hostNetwork`` pods (the sidecar's loopback
+API would be the node's, reachable by every pod on it).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Mapping, MutableMapping
+from typing import Any, cast
+
+import kopf
+from pydantic import ValidationError
+
+from .context import OperatorContext
+from .kubeapi import resource_path
+from .models import (
+    ANNOTATION_CREDENTIAL_VERSION,
+    ANNOTATION_INJECTED,
+    API_VERSION,
+    CONTAINER_NAME,
+    KEY_MOUNT_DIR,
+    LABEL_RUNTIME,
+    PLURAL,
+    OpenAiRuntimeSpec,
+)
+from .reconciling import CONFIG_KEY, configmap_name
+
+__all__ = [
+    "ADMIN_PORT",
+    "BASE_URL",
+    "CONFIG_DIR",
+    "CONFIG_VOLUME",
+    "KEY_VOLUME",
+    "PLACEHOLDER_API_KEY",
+    "InjectionRefused",
+    "NamespacedWebhookServer",
+    "inject",
+    "is_injected",
+    "mutate_pod",
+]
+
+ADMIN_PORT = 9464
+BASE_URL = "http://127.0.0.1:8787/v1"
+PLACEHOLDER_API_KEY = "injected-by-openai-runtime"
+"""What apps see as OPENAI_API_KEY: the SDK insists on one; the sidecar holds the real key."""
+CONFIG_DIR = "/etc/openai-runtime"
+CONFIG_VOLUME = "openai-runtime-config"
+KEY_VOLUME = "openai-runtime-key"
+SIDECAR_UID = 65532
+DENIED = 403
+
+
+class InjectionRefused(ValueError):
+    """The pod must not be admitted (the message says why)."""
+
+
+def is_injected(pod: Mapping[str, Any]) -> bool:
+    """The pod already has the sidecar or the injection annotation."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if ANNOTATION_INJECTED in annotations:
+        return True
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    return any(c.get("name") == CONTAINER_NAME for c in containers if isinstance(c, Mapping))
+
+
+def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": ADMIN_PORT},
+        "periodSeconds": period,
+        "timeoutSeconds": 1,
+        "failureThreshold": failures,
+    }
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SIDECAR_UID,
+        "runAsGroup": SIDECAR_UID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _sidecar_container(spec: OpenAiRuntimeSpec) -> dict[str, Any]:
+    sidecar = spec.sidecar
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": sidecar.image,
+        "imagePullPolicy": sidecar.image_pull_policy,
+        "args": ["sidecar", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "ports": [{"name": "oair-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
+        "resources": sidecar.resources.model_dump(by_alias=True, mode="json"),
+        "volumeMounts": [
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": KEY_VOLUME, "mountPath": KEY_MOUNT_DIR, "readOnly": True},
+        ],
+        # Native sidecars gate the app containers' start on the startup probe:
+        # the app's first call finds the sidecar ready.
+        "startupProbe": _probe("/readyz", period=1, failures=60),
+        "readinessProbe": _probe("/readyz", period=5, failures=3),
+        "livenessProbe": _probe("/healthz", period=10, failures=3),
+        "securityContext": _security_context(),
+    }
+    if sidecar.native:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def _volumes(runtime_name: str, spec: OpenAiRuntimeSpec) -> list[dict[str, Any]]:
+    return [
+        {"name": CONFIG_VOLUME, "configMap": {"name": configmap_name(runtime_name)}},
+        # The whole Secret, so kubelet's atomic ``..data`` swap reaches the file.
+        {"name": KEY_VOLUME, "secret": {"secretName": spec.api_key_secret_ref.name}},
+    ]
+
+
+def _add_env(container: dict[str, Any]) -> None:
+    env = container.setdefault("env", [])
+    present = {e.get("name") for e in env if isinstance(e, Mapping)}
+    for name, value in (("OPENAI_BASE_URL", BASE_URL), ("OPENAI_API_KEY", PLACEHOLDER_API_KEY)):
+        if name not in present:
+            env.append({"name": name, "value": value})
+
+
+def inject(pod: Mapping[str, Any], runtime: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod with the sidecar of ``runtime`` injected (a copy; the input is untouched).
+
+    An already injected pod comes back unchanged. Raises :class:`InjectionRefused`
+    for a ``hostNetwork`` pod or a runtime whose spec is invalid.
+    """
+    result: dict[str, Any] = copy.deepcopy(dict(pod))
+    if is_injected(result):
+        return result
+    runtime_meta = runtime.get("metadata") or {}
+    runtime_name = str(runtime_meta.get("name") or "")
+    pod_spec = result.setdefault("spec", {})
+    if pod_spec.get("hostNetwork"):
+        raise InjectionRefused(
+            f"pods with hostNetwork cannot use OpenAiRuntime {runtime_name}: the sidecar's "
+            "loopback API would be the node's, open to every pod on it"
+        )
+    try:
+        spec = OpenAiRuntimeSpec.model_validate(runtime.get("spec") or {})
+    except ValidationError as error:
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise InjectionRefused(f"OpenAiRuntime {runtime_name} is invalid: {problems}") from None
+
+    for container in pod_spec.get("containers") or []:
+        if isinstance(container, dict):
+            _add_env(container)
+    sidecar = _sidecar_container(spec)
+    if spec.sidecar.native:
+        # First, so the pod's own init containers can call it too.
+        pod_spec["initContainers"] = [sidecar, *(pod_spec.get("initContainers") or [])]
+    else:
+        pod_spec.setdefault("containers", []).append(sidecar)
+    pod_spec["volumes"] = [*(pod_spec.get("volumes") or []), *_volumes(runtime_name, spec)]
+
+    annotations = result.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[ANNOTATION_INJECTED] = runtime_name
+    credential = (runtime.get("status") or {}).get("credential") or {}
+    if credential.get("fingerprint"):
+        annotations[ANNOTATION_CREDENTIAL_VERSION] = str(credential["fingerprint"])
+    return result
+
+
+def _replace(target: MutableMapping[str, Any], source: Mapping[str, Any]) -> None:
+    target.clear()
+    target.update(copy.deepcopy(dict(source)))
+
+
+async def mutate_pod(
+    ctx: OperatorContext,
+    *,
+    body: Mapping[str, Any],
+    patch: kopf.Patch,
+    namespace: str | None,
+) -> None:
+    """The admission handler's work: fetch the runtime, refuse or inject through ``patch``."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    runtime_name = str(labels.get(LABEL_RUNTIME) or "")
+    if is_injected(body):
+        return
+    if not namespace:
+        raise kopf.AdmissionError("the pod's namespace is unknown", code=400)
+    if not runtime_name:
+        raise kopf.AdmissionError(f"label {LABEL_RUNTIME} names no OpenAiRuntime", code=400)
+    runtime = await ctx.api.get(resource_path(API_VERSION, PLURAL, namespace, runtime_name))
+    if runtime is None:
+        raise kopf.AdmissionError(
+            f"OpenAiRuntime {runtime_name} not found in namespace {namespace}", code=DENIED
+        )
+    try:
+        injected = inject(body, runtime)
+    except InjectionRefused as error:
+        raise kopf.AdmissionError(str(error), code=DENIED) from None
+
+    def apply(raw: kopf.RawBody) -> None:
+        # kopf hands a copy of the reviewed object and diffs it into a JSONPatch.
+        _replace(cast(MutableMapping[str, Any], raw), injected)
+
+    patch.fns.append(apply)
+
+
+class NamespacedWebhookServer(kopf.WebhookServer):
+    """kopf's webhook server, filling the object's namespace from the admission request.
+
+    Pods created by controllers (ReplicaSets, Jobs) reach admission without
+    ``metadata.namespace``; the request's ``namespace`` field has it. The
+    filled value equals what the API server stores, so no patch op results.
+    """
+
+    async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        async def with_namespace(request: Any, **kwargs: Any) -> Any:
+            payload = request.get("request") if isinstance(request, dict) else None
+            if isinstance(payload, dict):
+                obj = payload.get("object")
+                ns = payload.get("namespace")
+                if ns and isinstance(obj, dict):
+                    meta = obj.setdefault("metadata", {})
+                    if isinstance(meta, dict) and not meta.get("namespace"):
+                        meta["namespace"] = ns
+            return await fn(request, **kwargs)
+
+        async for config in super().__call__(with_namespace):
+            yield config

@@ -1,0 +1,381 @@
+"""The sidecar injection: :func:`inject` alone, and the admission webhook over HTTP.
+
+The webhook tests run kopf against kmock with kopf's own webhook server
+(plain HTTP on loopback) and POST AdmissionReviews to ``/inject`` as the API
+server would; the JSONPatch in the answer is applied to the pod and the
+result asserted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import kopf
+import pytest
+
+from openai_runtime_operator.context import OperatorContext
+from openai_runtime_operator.injecting import (
+    BASE_URL,
+    CONFIG_VOLUME,
+    KEY_VOLUME,
+    PLACEHOLDER_API_KEY,
+    InjectionRefused,
+    NamespacedWebhookServer,
+    inject,
+)
+from openai_runtime_operator.models import (
+    ANNOTATION_CREDENTIAL_VERSION,
+    ANNOTATION_INJECTED,
+    CONTAINER_NAME,
+    KEY_MOUNT_DIR,
+)
+from openai_runtime_operator.registry import build_registry, build_settings
+
+from .test_operator import NS, RUNTIMES, pod, runtime
+
+FINGERPRINT = "sha256:1a2b3c4d5e6f"
+
+
+def with_status(body: dict[str, Any]) -> dict[str, Any]:
+    body["status"] = {"credential": {"fingerprint": FINGERPRINT, "rotations": 0}}
+    return body
+
+
+def sidecar_of(result: dict[str, Any]) -> dict[str, Any]:
+    spec = result["spec"]
+    found = [
+        c
+        for c in [*spec.get("initContainers", []), *spec["containers"]]
+        if c["name"] == CONTAINER_NAME
+    ]
+    assert len(found) == 1
+    return found[0]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+# --- inject() -------------------------------------------------------------------------
+
+
+def test_native_sidecar_is_first_init_container() -> None:
+    app = pod("web", "alpha")
+    app["spec"]["initContainers"] = [{"name": "migrate", "image": "migrate"}]
+    original = copy.deepcopy(app)
+    result = inject(app, with_status(runtime("alpha")))
+
+    assert app == original  # pure
+    names = [c["name"] for c in result["spec"]["initContainers"]]
+    assert names == [CONTAINER_NAME, "migrate"]
+    sidecar = sidecar_of(result)
+    assert sidecar["restartPolicy"] == "Always"
+    assert [c["name"] for c in result["spec"]["containers"]] == ["app"]
+    assert sidecar["args"] == ["sidecar", "--config", "/etc/openai-runtime/config.yaml"]
+    assert sidecar["image"] == "ghcr.io/atomr/openai-runtime:0.1.0"
+    assert sidecar["imagePullPolicy"] == "IfNotPresent"
+    assert sidecar["resources"] == {
+        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "limits": {"memory": "128Mi"},
+    }
+    for probe, path in [
+        ("startupProbe", "/readyz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ]:
+        assert sidecar[probe]["httpGet"] == {"path": path, "port": 9464}
+    annotations = result["metadata"]["annotations"]
+    assert annotations[ANNOTATION_INJECTED] == "alpha"
+    assert annotations[ANNOTATION_CREDENTIAL_VERSION] == FINGERPRINT
+
+
+def test_non_native_sidecar_is_a_regular_container() -> None:
+    custom = runtime(
+        "alpha",
+        sidecar={
+            "native": False,
+            "image": "registry.local/oair:dev",
+            "imagePullPolicy": "Always",
+            "resources": {"requests": {"cpu": "10m"}, "limits": {"memory": "1Gi"}},
+        },
+    )
+    result = inject(pod("web", "alpha"), custom)
+    assert "initContainers" not in result["spec"]
+    assert [c["name"] for c in result["spec"]["containers"]] == ["app", CONTAINER_NAME]
+    sidecar = sidecar_of(result)
+    assert "restartPolicy" not in sidecar
+    assert sidecar["image"] == "registry.local/oair:dev"
+    assert sidecar["imagePullPolicy"] == "Always"
+    assert sidecar["resources"] == {"requests": {"cpu": "10m"}, "limits": {"memory": "1Gi"}}
+    # No status yet: no credential-version annotation.
+    assert ANNOTATION_CREDENTIAL_VERSION not in result["metadata"]["annotations"]
+    # The sidecar does not get the app's env.
+    assert "OPENAI_BASE_URL" not in env_of(sidecar)
+
+
+def test_env_added_only_where_unset() -> None:
+    app = pod("web", "alpha")
+    app["spec"]["containers"] = [
+        {"name": "a", "image": "a", "env": [{"name": "OPENAI_BASE_URL", "value": "http://x/v1"}]},
+        {
+            "name": "b",
+            "image": "b",
+            "env": [{"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "s"}}}],
+        },
+        {"name": "c", "image": "c"},
+    ]
+    result = inject(app, runtime("alpha"))
+    a, b, c = result["spec"]["containers"]
+    assert env_of(a) == {"OPENAI_BASE_URL": "http://x/v1", "OPENAI_API_KEY": PLACEHOLDER_API_KEY}
+    assert env_of(b) == {"OPENAI_API_KEY": None, "OPENAI_BASE_URL": BASE_URL}
+    assert b["env"][0]["valueFrom"] == {"secretKeyRef": {"name": "s"}}
+    assert env_of(c) == {"OPENAI_BASE_URL": BASE_URL, "OPENAI_API_KEY": PLACEHOLDER_API_KEY}
+
+
+def test_volumes_mounted_whole_and_read_only() -> None:
+    app = pod("web", "alpha")
+    app["spec"]["volumes"] = [{"name": "data", "emptyDir": {}}]
+    result = inject(app, runtime("alpha", secret="my-key"))
+    volumes = {v["name"]: v for v in result["spec"]["volumes"]}
+    assert set(volumes) == {"data", CONFIG_VOLUME, KEY_VOLUME}
+    assert volumes[CONFIG_VOLUME]["configMap"] == {"name": "alpha-openai-runtime"}
+    assert volumes[KEY_VOLUME]["secret"] == {"secretName": "my-key"}
+    mounts = {m["name"]: m for m in sidecar_of(result)["volumeMounts"]}
+    assert mounts[CONFIG_VOLUME] == {
+        "name": CONFIG_VOLUME,
+        "mountPath": "/etc/openai-runtime",
+        "readOnly": True,
+    }
+    assert mounts[KEY_VOLUME] == {"name": KEY_VOLUME, "mountPath": KEY_MOUNT_DIR, "readOnly": True}
+    assert all("subPath" not in m and "subPathExpr" not in m for m in mounts.values())
+
+
+def test_security_context_is_restrictive() -> None:
+    context = sidecar_of(inject(pod("web", "alpha"), runtime("alpha")))["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["runAsUser"] == 65532
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_idempotent() -> None:
+    once = inject(pod("web", "alpha"), runtime("alpha"))
+    assert inject(once, runtime("alpha")) == once
+    # The container alone (e.g. a pod copied from an injected one) is enough.
+    del once["metadata"]["annotations"][ANNOTATION_INJECTED]
+    assert inject(once, runtime("alpha")) == once
+    # The annotation alone, too.
+    marked = pod("web", "alpha")
+    marked["metadata"]["annotations"] = {ANNOTATION_INJECTED: "alpha"}
+    assert inject(marked, runtime("alpha")) == marked
+
+
+def test_host_network_and_invalid_runtime_refused() -> None:
+    host = pod("web", "alpha")
+    host["spec"]["hostNetwork"] = True
+    with pytest.raises(InjectionRefused, match="hostNetwork"):
+        inject(host, runtime("alpha"))
+    with pytest.raises(InjectionRefused, match=r"alpha is invalid: spec\.retry\.maxAttempts"):
+        inject(pod("web", "alpha"), runtime("alpha", retry={"maxAttempts": 0}))
+
+
+# --- the webhook over HTTP ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def apply_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
+    """A minimal RFC 6902 applier (add, remove, replace) for the ops kopf emits."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        if not parts:
+            doc = copy.deepcopy(op["value"])
+            continue
+        parent = doc
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+        last = parts[-1]
+        kind = op["op"]
+        if isinstance(parent, list):
+            index = len(parent) if last == "-" else int(last)
+            if kind == "add":
+                parent.insert(index, copy.deepcopy(op["value"]))
+            elif kind == "remove":
+                del parent[index]
+            elif kind == "replace":
+                parent[index] = copy.deepcopy(op["value"])
+            else:
+                raise AssertionError(f"unexpected op {op}")
+        elif kind in ("add", "replace"):
+            parent[last] = copy.deepcopy(op["value"])
+        elif kind == "remove":
+            del parent[last]
+        else:
+            raise AssertionError(f"unexpected op {op}")
+    return doc
+
+
+def review(obj: dict[str, Any], namespace: str = NS) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "req-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": obj["metadata"].get("name", ""),
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+class Webhook:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def review(self, obj: dict[str, Any]) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.url, json=review(obj)) as response,
+        ):
+            assert response.status == 200, await response.text()
+            answer = await response.json()
+        assert answer["kind"] == "AdmissionReview"
+        assert answer["response"]["uid"] == "req-1"
+        return dict(answer["response"])
+
+
+@pytest.fixture
+async def webhook(declare: Any) -> AsyncIterator[Webhook]:
+    """kopf with the admission handler and a plain-HTTP webhook server on loopback."""
+    kmock = declare
+    ctx = OperatorContext()
+    port = free_port()
+
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=str(kmock.url), insecure=True)
+
+    settings = build_settings(standalone=True)
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 10
+    settings.admission.server = NamespacedWebhookServer(addr="127.0.0.1", port=port, insecure=True)
+    stop = asyncio.Event()
+    ignored: set[asyncio.Task[Any]] = set(asyncio.all_tasks())
+    tasks = await kopf.spawn_tasks(
+        registry=build_registry(ctx, login, admission=True),
+        settings=settings,
+        clusterwide=True,
+        standalone=True,
+        stop_flag=stop,
+    )
+    task = asyncio.create_task(kopf.run_tasks(tasks, ignored=ignored))
+    url = f"http://127.0.0.1:{port}/inject"
+    # Wait until the server listens (after kopf's resource discovery).
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            break
+        except OSError:
+            if loop.time() > deadline or task.done():
+                raise AssertionError("webhook server did not start") from None
+            await asyncio.sleep(0.02)
+    try:
+        yield Webhook(url)
+    finally:
+        ignored.update(
+            t
+            for t in asyncio.all_tasks()
+            if t is asyncio.current_task()
+            or getattr(t.get_coro(), "__qualname__", "").startswith("RequestHandler.")
+        )
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+def controller_pod() -> dict[str, Any]:
+    """A pod as a ReplicaSet creates it: generateName, and no namespace in the object."""
+    body = pod("ignored", "alpha")
+    del body["metadata"]["name"], body["metadata"]["namespace"]
+    body["metadata"]["generateName"] = "web-5d9c-"
+    return body
+
+
+async def test_webhook_injects_with_json_patch(declare: Any, webhook: Webhook) -> None:
+    declare.objects[RUNTIMES, NS, "alpha"] = with_status(runtime("alpha"))
+    original = controller_pod()
+    answer = await webhook.review(original)
+
+    assert answer["allowed"] is True
+    assert answer["patchType"] == "JSONPatch"
+    ops = json.loads(base64.b64decode(answer["patch"]))
+    assert all(not op["path"].startswith("/metadata/namespace") for op in ops)
+    result = apply_patch(original, ops)
+    assert result == inject(original, with_status(runtime("alpha")))
+    sidecar = sidecar_of(result)
+    assert sidecar["restartPolicy"] == "Always"
+    assert env_of(result["spec"]["containers"][0])["OPENAI_BASE_URL"] == BASE_URL
+    assert result["metadata"]["annotations"] == {
+        ANNOTATION_INJECTED: "alpha",
+        ANNOTATION_CREDENTIAL_VERSION: FINGERPRINT,
+    }
+    assert {v["name"] for v in result["spec"]["volumes"]} == {CONFIG_VOLUME, KEY_VOLUME}
+
+
+async def test_webhook_denies_missing_runtime(webhook: Webhook) -> None:
+    answer = await webhook.review(controller_pod())
+    assert answer["allowed"] is False
+    assert "patch" not in answer
+    assert answer["status"]["message"] == f"OpenAiRuntime alpha not found in namespace {NS}"
+    assert answer["status"]["code"] == 403
+
+
+async def test_webhook_denies_host_network(declare: Any, webhook: Webhook) -> None:
+    declare.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+    body = controller_pod()
+    body["spec"]["hostNetwork"] = True
+    answer = await webhook.review(body)
+    assert answer["allowed"] is False
+    assert "hostNetwork" in answer["status"]["message"]
+    assert "patch" not in answer
+
+
+async def test_webhook_leaves_injected_pod_alone(declare: Any, webhook: Webhook) -> None:
+    declare.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+    already = inject(pod("web", "alpha"), runtime("alpha"))
+    answer = await webhook.review(already)
+    assert answer["allowed"] is True
+    assert "patch" not in answer
+
+
+async def test_webhook_ignores_pods_without_the_label(webhook: Webhook) -> None:
+    body = controller_pod()
+    del body["metadata"]["labels"]
+    answer = await webhook.review(body)
+    assert answer["allowed"] is True
+    assert "patch" not in answer
