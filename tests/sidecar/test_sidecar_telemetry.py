@@ -26,7 +26,7 @@ from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.fakeupstream import FakeUpstream
 from openai_runtime_sidecar.logs import JsonFormatter
 from openai_runtime_sidecar.runner import fingerprint
-from tests.support import OLD_KEY
+from tests.support import OLD_KEY, points
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 APP_SPAN_ID = "00f067aa0ba902b7"
@@ -59,18 +59,6 @@ def by_name(exporter: InMemorySpanExporter) -> dict[str, list[ReadableSpan]]:
     found: dict[str, list[ReadableSpan]] = {}
     for span in exporter.get_finished_spans():
         found.setdefault(span.name, []).append(span)
-    return found
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    data = reader.get_metrics_data()
-    found: dict[str, list[Any]] = {}
-    if data is None:
-        return found
-    for resource_metrics in data.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                found.setdefault(metric.name, []).extend(metric.data.data_points)
     return found
 
 

@@ -28,6 +28,7 @@ from openai_runtime_sidecar.runner.errors import RateLimited, UpstreamUnavailabl
 from openai_runtime_sidecar.runner.pricing import Cost
 from openai_runtime_sidecar.runner.results import CallInfo, Usage
 from openai_runtime_sidecar.telemetry import CallTrace, Telemetry
+from tests.support import points
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 APP_SPAN_ID = "00f067aa0ba902b7"
@@ -121,18 +122,6 @@ def rate_limited(message: str = "Rate limit reached") -> RateLimited:
 
 def by_name(spans: Sequence[ReadableSpan]) -> dict[str, ReadableSpan]:
     return {span.name: span for span in spans}
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
-    data = reader.get_metrics_data()
-    found: dict[str, list[Any]] = {}
-    if data is None:
-        return found
-    for resource_metrics in data.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                found.setdefault(metric.name, []).extend(metric.data.data_points)
-    return found
 
 
 def one(found: dict[str, list[Any]], name: str, **attributes: Any) -> Any:
