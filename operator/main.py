@@ -4,17 +4,21 @@ Parses the command line, sets up JSON logs (the sidecar's formatter), builds
 the handler registry (:mod:`.registry`) and runs kopf until SIGTERM/SIGINT:
 peering on unless ``--standalone`` (so only one replica acts), bounded worker
 concurrency, an optional liveness endpoint for the Deployment's probe, and
-Prometheus metrics on ``--metrics-port`` (:mod:`.telemetry`).
+Prometheus metrics on ``--metrics-port`` (:mod:`.telemetry`), and with
+``--webhook-port`` the sidecar-injecting admission webhook over TLS
+(:mod:`.webhooking` prepares its certificate before kopf starts).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
+import aiohttp
 import kopf
 from opentelemetry import trace
 
@@ -22,11 +26,13 @@ from openai_runtime_sidecar.logs import configure_logging
 
 from .context import OperatorContext
 from .convergence import ConvergenceSettings
-from .kubeapi import service_account_token_source
-from .registry import build_registry, build_settings, default_login
+from .injecting import NamespacedWebhookServer
+from .kubeapi import KubeApi, KubeApiError, service_account_token_source
+from .registry import LoginFn, build_registry, build_settings, default_login
 from .telemetry import export_traces_from_env
+from .webhooking import SelfSignedSettings, prepare_webhook, server_from_cert_dir
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "build_webhook_server", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +104,72 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
+    webhook = parser.add_argument_group(
+        "sidecar injection",
+        "The mutating admission webhook that injects the sidecar (POST /inject, HTTPS).",
+    )
+    webhook.add_argument(
+        "--webhook-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="serve the webhook on 0.0.0.0:PORT; 0 (the default) serves none",
+    )
+    webhook.add_argument(
+        "--webhook-cert-dir",
+        metavar="DIR",
+        default=None,
+        help="serve DIR/tls.crt and DIR/tls.key (e.g. from cert-manager), re-read on change; "
+        "without it the operator keeps a self-signed certificate in --webhook-secret",
+    )
+    webhook.add_argument(
+        "--webhook-namespace",
+        metavar="NS",
+        default=None,
+        help="the operator's namespace, where the Service and Secret are (default: $POD_NAMESPACE)",
+    )
+    webhook.add_argument(
+        "--webhook-service",
+        default="openai-runtime-webhook",
+        metavar="NAME",
+        help="the webhook Service; the self-signed certificate names it (default %(default)s)",
+    )
+    webhook.add_argument(
+        "--webhook-secret",
+        default="openai-runtime-webhook-tls",
+        metavar="NAME",
+        help="the Secret holding the self-signed certificate (default %(default)s)",
+    )
+    webhook.add_argument(
+        "--webhook-configuration",
+        default="openai-runtime",
+        metavar="NAME",
+        help="the MutatingWebhookConfiguration whose caBundle is set to the self-signed "
+        "certificate (default %(default)s)",
+    )
     return parser
+
+
+async def build_webhook_server(
+    args: argparse.Namespace, login: LoginFn = default_login
+) -> NamespacedWebhookServer:
+    """The webhook server ``args`` ask for: on files, or on the shared self-signed certificate."""
+    if args.webhook_cert_dir:
+        return server_from_cert_dir(args.webhook_cert_dir, port=args.webhook_port)
+    info = login(logger=logging.getLogger(__name__))
+    if info is None:
+        raise kopf.LoginError("no credentials for the Kubernetes API (in-cluster or kubeconfig)")
+    api = KubeApi(info, token_source=service_account_token_source())
+    try:
+        settings = SelfSignedSettings(
+            namespace=args.webhook_namespace,
+            service=args.webhook_service,
+            secret=args.webhook_secret,
+            configuration=args.webhook_configuration,
+        )
+        return await prepare_webhook(api, settings, port=args.webhook_port)
+    finally:
+        await api.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,6 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         if not 0 <= port <= 65535 or (port == 0 and flag == "--sidecar-admin-port"):
             parser.error(f"{flag} must be a TCP port")
+    if not 0 <= args.webhook_port <= 65535:
+        parser.error("--webhook-port must be a TCP port")
+    if args.webhook_port and not args.webhook_cert_dir:
+        args.webhook_namespace = args.webhook_namespace or os.environ.get("POD_NAMESPACE")
+        if not args.webhook_namespace:
+            parser.error(
+                "the self-signed webhook certificate needs --webhook-namespace "
+                "(or POD_NAMESPACE): where its Secret and the Service are"
+            )
     try:
         configure_logging(args.log_level)
     except ValueError as exc:
@@ -134,10 +214,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracing = export_traces_from_env(os.environ)
     if tracing is not None:
         trace.set_tracer_provider(tracing)  # the spans of .telemetry go to the global one
+    settings = build_settings(workers=args.workers, standalone=args.standalone)
+    if args.webhook_port:
+        try:
+            settings.admission.server = asyncio.run(build_webhook_server(args))
+        except (OSError, RuntimeError, KubeApiError, aiohttp.ClientError, kopf.LoginError) as exc:
+            # OSError covers unreadable certificate files and a refused connection.
+            log.error("Cannot prepare the admission webhook: %s", exc)
+            return 1
     try:
         kopf.run(
-            registry=build_registry(ctx, default_login, namespaces),
-            settings=build_settings(workers=args.workers, standalone=args.standalone),
+            registry=build_registry(
+                ctx, default_login, namespaces, admission=bool(args.webhook_port)
+            ),
+            settings=settings,
             clusterwide=clusterwide,
             namespaces=namespaces,
             standalone=args.standalone,

@@ -8,6 +8,7 @@ README's "RBAC the operator needs" table so that docs and manifests cannot drift
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from ..support import apply_patch
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -151,7 +154,7 @@ def test_operator_deployment() -> None:
     args = container["args"]
     assert args[:2] == ["operator", "-A"]
     assert "--standalone" not in args, "peering must stay on with several replicas"
-    assert args[args.index("--liveness") + 1] == "http://0.0.0.0:8080/healthz"
+    assert _operator_flag("--liveness") == "http://0.0.0.0:8080/healthz"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"healthz": 8080, "metrics": 9465, "webhook": 9443}
     for probe in ("livenessProbe", "readinessProbe"):
@@ -212,17 +215,17 @@ def test_peering_object_matches_the_operator_default() -> None:
 # --- RBAC: the ClusterRole is the README's table ---------------------------------------
 
 
-def _readme_rbac() -> dict[tuple[str, str], set[str]]:
-    """{(apiGroup, resource): verbs} from the README's "RBAC the operator needs" table."""
+def _readme_table(heading: str) -> dict[tuple[str, str], set[str]]:
+    """{(apiGroup, resource): verbs} from the first table under ``heading`` in the README."""
     text = README.read_text(encoding="utf-8")
-    section = text.split("### RBAC the operator needs", 1)[1]
+    section = text.split(heading + "\n", 1)[1]
     rows: list[str] = []
     for line in section.splitlines():
         if line.startswith("|"):
             rows.append(line)
         elif rows:  # the first table of the section only
             break
-    assert len(rows) > 2, "no RBAC table in README.md"
+    assert len(rows) > 2, f"no table under {heading!r} in README.md"
     groups: dict[str, str] = {}  # resource -> group, for rows naming a subresource
     wanted: dict[tuple[str, str], set[str]] = {}
     for row in rows[2:]:  # header and separator
@@ -236,18 +239,33 @@ def _readme_rbac() -> dict[tuple[str, str], set[str]]:
             base = resource.split("/")[0]
             group = group or cell_group or groups.get(base, "")
             groups.setdefault(base, group)
-            wanted[(group, resource)] = verbs
+            wanted.setdefault((group, resource), set()).update(verbs)
     return wanted
 
 
-def _granted() -> dict[tuple[str, str], set[str]]:
+def _readme_rbac() -> dict[tuple[str, str], set[str]]:
+    return _readme_table("### RBAC the operator needs")
+
+
+def _granted(kind: str = "ClusterRole") -> dict[tuple[str, str], set[str]]:
     granted: dict[tuple[str, str], set[str]] = {}
-    for rule in _one("ClusterRole")["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule, rule
+    for rule in _one(kind)["rules"]:
+        assert "nonResourceURLs" not in rule, rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     return granted
+
+
+def _named_rules(kind: str) -> dict[tuple[str, str], list[str]]:
+    """The rules limited to named objects: {(apiGroup, resource): resourceNames}."""
+    return {
+        (group, resource): rule["resourceNames"]
+        for rule in _one(kind)["rules"]
+        if "resourceNames" in rule
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
 
 
 def test_readme_rbac_table_parses_as_expected() -> None:
@@ -262,17 +280,101 @@ def test_clusterrole_grants_exactly_the_readme_table() -> None:
     assert _granted() == _readme_rbac()
 
 
+def test_role_grants_exactly_the_readme_table() -> None:
+    assert _granted("Role") == _readme_table("### RBAC for the self-signed webhook certificate")
+
+
 def test_no_wildcards_in_rbac() -> None:
-    for rule in _one("ClusterRole")["rules"]:
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[field], rule
+    for kind in ("ClusterRole", "Role"):
+        for rule in _one(kind)["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], rule
 
 
-def test_secrets_are_never_written() -> None:
+def test_writes_outside_the_operator_namespace_are_limited() -> None:
+    """Cluster-wide, Secrets are read-only and the webhook configuration is ours alone."""
     forbidden = {"create", "update", "patch", "delete", "deletecollection", "*"}
     for (group, resource), verbs in _granted().items():
         if group in ("", "*") and resource.split("/")[0] in ("secrets", "*"):
             assert not verbs & forbidden, f"{resource}: {sorted(verbs & forbidden)}"
+    assert _named_rules("ClusterRole") == {
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): [
+            _one("MutatingWebhookConfiguration")["metadata"]["name"]
+        ]
+    }
+    # The Role may write one Secret in its namespace (create cannot be named).
+    assert _named_rules("Role") == {("", "secrets"): [_operator_flag("--webhook-secret")]}
+    for rule in _one("Role")["rules"]:
+        assert "resourceNames" in rule or rule["verbs"] == ["create"], rule
+
+
+def test_role_binding_ties_the_role_to_the_operator_account() -> None:
+    binding = _one("RoleBinding")
+    account = _one("ServiceAccount")
+    assert binding["metadata"]["namespace"] == _one("Role")["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["kind"] == "Role"
+    assert binding["roleRef"]["name"] == _one("Role")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+
+
+# --- the webhook --------------------------------------------------------------------
+
+
+def _operator_args() -> list[str]:
+    return list(_one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def _operator_flag(flag: str) -> str:
+    """The value the Deployment passes for ``flag``, else the operator's own default."""
+    from openai_runtime_operator.main import build_parser
+
+    args = build_parser().parse_args(_operator_args()[1:])
+    return str(getattr(args, flag.lstrip("-").replace("-", "_")))
+
+
+def test_webhook_configuration_points_at_the_operator() -> None:
+    config = _one("MutatingWebhookConfiguration")
+    assert config["metadata"]["name"] == _operator_flag("--webhook-configuration")
+    (webhook,) = config["webhooks"]
+    service = _one("Service")
+    assert webhook["clientConfig"]["service"] == {
+        "name": service["metadata"]["name"],
+        "namespace": NAMESPACE,
+        "path": "/inject",  # the kopf handler id (operator/registry.py)
+        "port": service["spec"]["ports"][0]["port"],
+    }
+    assert "caBundle" not in webhook["clientConfig"], "the operator or cert-manager fills it"
+    assert service["metadata"]["name"] == _operator_flag("--webhook-service")
+    container = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(_operator_flag("--webhook-port")) == ports["webhook"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_webhook_sees_only_labelled_pod_creations_outside_system_namespaces() -> None:
+    (webhook,) = _one("MutatingWebhookConfiguration")["webhooks"]
+    assert webhook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert webhook["objectSelector"] == {
+        "matchExpressions": [{"key": "infer.atomr.io/runtime", "operator": "Exists"}]
+    }
+    (excluded,) = webhook["namespaceSelector"]["matchExpressions"]
+    assert excluded["key"] == "kubernetes.io/metadata.name" and excluded["operator"] == "NotIn"
+    assert set(excluded["values"]) == {NAMESPACE, "kube-system"}
+    assert webhook["failurePolicy"] in ("Fail", "Ignore")
+    assert webhook["sideEffects"] == "None"
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    assert webhook["timeoutSeconds"] <= 10
 
 
 # --- Dockerfile ----------------------------------------------------------------------
@@ -319,3 +421,68 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert "*" in ignore
     for needed in ("pyproject.toml", "README.md", "sidecar/", "operator/"):
         assert f"!{needed}" in ignore
+
+
+# --- the cert-manager overlay ---------------------------------------------------------
+
+
+def _overlay() -> list[Obj]:
+    """deploy/cert-manager built as kustomize would: base + resources, then the patches."""
+    overlay = DEPLOY / "cert-manager"
+    kustomization = _documents(overlay / "kustomization.yaml")[0]
+    assert kustomization["resources"][0] == "..", "the overlay builds on the base"
+    objects = [copy.deepcopy(o) for _, o in _objects()]
+    for name in kustomization["resources"][1:]:
+        objects.extend(_documents(overlay / name))
+    for entry in kustomization["patches"]:
+        target = entry["target"]
+        matches = [
+            i
+            for i, o in enumerate(objects)
+            if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]
+        ]
+        assert len(matches) == 1, f"patch target {target} matches {len(matches)} objects"
+        patch = yaml.safe_load(entry["patch"])
+        if isinstance(patch, dict) and patch.get("$patch") == "delete":
+            assert patch["kind"] == target["kind"]
+            del objects[matches[0]]
+        else:
+            objects[matches[0]] = apply_patch(objects[matches[0]], patch)
+    return objects
+
+
+def test_cert_manager_overlay_serves_the_issued_certificate() -> None:
+    objects = _overlay()
+    by_kind = {o["kind"]: o for o in objects}
+    assert "Role" not in by_kind and "RoleBinding" not in by_kind  # no Secret is written
+    certificate = by_kind["Certificate"]
+    service = by_kind["Service"]["metadata"]["name"]
+    assert f"{service}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["issuerRef"]["name"] == by_kind["Issuer"]["metadata"]["name"]
+    config = by_kind["MutatingWebhookConfiguration"]
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{NAMESPACE}/{certificate['metadata']['name']}"
+    )
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    cert_dir = next(
+        a.split("=", 1)[1] for a in container["args"] if a.startswith("--webhook-cert-dir=")
+    )
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == cert_dir)
+    assert mount["readOnly"] is True and "subPath" not in mount
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_cert_manager_overlay_matches_the_kubernetes_schema(version: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    version = kv.latest_version() if version == "latest" else version
+    for obj in _overlay():
+        group = obj["apiVersion"].rpartition("/")[0]
+        if group in _custom_groups() or group == "cert-manager.io":
+            continue
+        try:
+            kv.validate(obj, version, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{obj['kind']}: {exc.message} at {list(exc.path)}")

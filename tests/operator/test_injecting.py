@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import json
 import socket
@@ -38,6 +39,7 @@ from openai_runtime_operator.models import (
 )
 from openai_runtime_operator.registry import build_registry, build_settings
 
+from ..support import apply_patch
 from .test_operator import NS, RUNTIMES, pod, runtime
 
 FINGERPRINT = "sha256:1a2b3c4d5e6f"
@@ -197,38 +199,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def apply_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
-    """A minimal RFC 6902 applier (add, remove, replace) for the ops kopf emits."""
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        if not parts:
-            doc = copy.deepcopy(op["value"])
-            continue
-        parent = doc
-        for part in parts[:-1]:
-            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
-        last = parts[-1]
-        kind = op["op"]
-        if isinstance(parent, list):
-            index = len(parent) if last == "-" else int(last)
-            if kind == "add":
-                parent.insert(index, copy.deepcopy(op["value"]))
-            elif kind == "remove":
-                del parent[index]
-            elif kind == "replace":
-                parent[index] = copy.deepcopy(op["value"])
-            else:
-                raise AssertionError(f"unexpected op {op}")
-        elif kind in ("add", "replace"):
-            parent[last] = copy.deepcopy(op["value"])
-        elif kind == "remove":
-            del parent[last]
-        else:
-            raise AssertionError(f"unexpected op {op}")
-    return doc
-
-
 def review(obj: dict[str, Any], namespace: str = NS) -> dict[str, Any]:
     return {
         "apiVersion": "admission.k8s.io/v1",
@@ -252,13 +222,20 @@ def review(obj: dict[str, Any], namespace: str = NS) -> dict[str, Any]:
 
 
 class Webhook:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, ssl: Any = None, server_hostname: str | None = None) -> None:
         self.url = url
+        self.ssl = ssl
+        self.server_hostname = server_hostname
 
     async def review(self, obj: dict[str, Any]) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.server_hostname is not None:
+            extra["server_hostname"] = self.server_hostname
         async with (
             aiohttp.ClientSession() as session,
-            session.post(self.url, json=review(obj)) as response,
+            session.post(
+                self.url, json=review(obj), ssl=self.ssl if self.ssl is not None else True, **extra
+            ) as response,
         ):
             assert response.status == 200, await response.text()
             answer = await response.json()
@@ -267,12 +244,10 @@ class Webhook:
         return dict(answer["response"])
 
 
-@pytest.fixture
-async def webhook(declare: Any) -> AsyncIterator[Webhook]:
-    """kopf with the admission handler and a plain-HTTP webhook server on loopback."""
-    kmock = declare
+@contextlib.asynccontextmanager
+async def serving(kmock: Any, server: kopf.WebhookServer, port: int) -> AsyncIterator[None]:
+    """kopf with the admission handler and ``server`` (listening on ``port``) against kmock."""
     ctx = OperatorContext()
-    port = free_port()
 
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=str(kmock.url), insecure=True)
@@ -280,7 +255,7 @@ async def webhook(declare: Any) -> AsyncIterator[Webhook]:
     settings = build_settings(standalone=True)
     settings.scanning.disabled = True
     settings.watching.server_timeout = 10
-    settings.admission.server = NamespacedWebhookServer(addr="127.0.0.1", port=port, insecure=True)
+    settings.admission.server = server
     stop = asyncio.Event()
     ignored: set[asyncio.Task[Any]] = set(asyncio.all_tasks())
     tasks = await kopf.spawn_tasks(
@@ -291,7 +266,6 @@ async def webhook(declare: Any) -> AsyncIterator[Webhook]:
         stop_flag=stop,
     )
     task = asyncio.create_task(kopf.run_tasks(tasks, ignored=ignored))
-    url = f"http://127.0.0.1:{port}/inject"
     # Wait until the server listens (after kopf's resource discovery).
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
@@ -306,7 +280,7 @@ async def webhook(declare: Any) -> AsyncIterator[Webhook]:
                 raise AssertionError("webhook server did not start") from None
             await asyncio.sleep(0.02)
     try:
-        yield Webhook(url)
+        yield
     finally:
         ignored.update(
             t
@@ -316,6 +290,15 @@ async def webhook(declare: Any) -> AsyncIterator[Webhook]:
         )
         stop.set()
         await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.fixture
+async def webhook(declare: Any) -> AsyncIterator[Webhook]:
+    """kopf with the admission handler and a plain-HTTP webhook server on loopback."""
+    port = free_port()
+    server = NamespacedWebhookServer(addr="127.0.0.1", port=port, insecure=True)
+    async with serving(declare, server, port):
+        yield Webhook(f"http://127.0.0.1:{port}/inject")
 
 
 def controller_pod() -> dict[str, Any]:
@@ -379,3 +362,30 @@ async def test_webhook_ignores_pods_without_the_label(webhook: Webhook) -> None:
     answer = await webhook.review(body)
     assert answer["allowed"] is True
     assert "patch" not in answer
+
+
+async def test_webhook_non_native_sidecar_is_a_container(declare: Any, webhook: Webhook) -> None:
+    declare.objects[RUNTIMES, NS, "alpha"] = runtime("alpha", sidecar={"native": False})
+    original = controller_pod()
+    answer = await webhook.review(original)
+    assert answer["allowed"] is True
+    result = apply_patch(original, json.loads(base64.b64decode(answer["patch"])))
+    assert not result["spec"].get("initContainers")
+    names = [c["name"] for c in result["spec"]["containers"]]
+    assert names == ["app", CONTAINER_NAME]
+    assert "restartPolicy" not in result["spec"]["containers"][1]
+
+
+async def test_webhook_keeps_env_the_app_sets(declare: Any, webhook: Webhook) -> None:
+    declare.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+    original = controller_pod()
+    own = [
+        {"name": "OPENAI_BASE_URL", "value": "https://proxy.example/v1"},
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "k", "key": "k"}}},
+    ]
+    original["spec"]["containers"].append({"name": "own", "image": "app", "env": own})
+    answer = await webhook.review(original)
+    result = apply_patch(original, json.loads(base64.b64decode(answer["patch"])))
+    app, mine = result["spec"]["containers"]
+    assert env_of(app) == {"OPENAI_BASE_URL": BASE_URL, "OPENAI_API_KEY": PLACEHOLDER_API_KEY}
+    assert mine["env"] == own
