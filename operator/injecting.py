@@ -19,7 +19,7 @@ API would be the node's, reachable by every pod on it).
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Collection, Mapping, MutableMapping
 from typing import Any, cast
 
 import kopf
@@ -41,20 +41,25 @@ from .reconciling import CONFIG_KEY, configmap_name
 
 __all__ = [
     "ADMIN_PORT",
+    "API_PORT",
     "BASE_URL",
     "CONFIG_DIR",
     "CONFIG_VOLUME",
+    "INJECTED_ENV",
     "KEY_VOLUME",
     "PLACEHOLDER_API_KEY",
     "InjectionRefused",
     "NamespacedWebhookServer",
+    "env_from_names",
     "inject",
     "is_injected",
     "mutate_pod",
 ]
 
 ADMIN_PORT = 9464
-BASE_URL = "http://127.0.0.1:8787/v1"
+API_PORT = 8787
+BASE_URL = f"http://127.0.0.1:{API_PORT}/v1"
+INJECTED_ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY")
 PLACEHOLDER_API_KEY = "injected-by-openai-runtime"
 """What apps see as OPENAI_API_KEY: the SDK insists on one; the sidecar holds the real key."""
 CONFIG_DIR = "/etc/openai-runtime"
@@ -112,9 +117,12 @@ def _sidecar_container(spec: OpenAiRuntimeSpec) -> dict[str, Any]:
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": KEY_VOLUME, "mountPath": KEY_MOUNT_DIR, "readOnly": True},
         ],
-        # Native sidecars gate the app containers' start on the startup probe:
-        # the app's first call finds the sidecar ready.
-        "startupProbe": _probe("/readyz", period=1, failures=60),
+        # Native sidecars gate the app containers' start on the startup probe,
+        # so the app's first call finds the sidecar listening. Liveness, not
+        # readiness: with the key missing the app still starts and gets a clear
+        # 503 credential_unavailable (the pod stays unready) instead of waiting
+        # on a sidecar that kubelet keeps restarting.
+        "startupProbe": _probe("/healthz", period=1, failures=30),
         "readinessProbe": _probe("/readyz", period=5, failures=3),
         "livenessProbe": _probe("/healthz", period=10, failures=3),
         "securityContext": _security_context(),
@@ -132,19 +140,55 @@ def _volumes(runtime_name: str, spec: OpenAiRuntimeSpec) -> list[dict[str, Any]]
     ]
 
 
-def _add_env(container: dict[str, Any]) -> None:
+def _add_env(container: dict[str, Any], from_sources: Collection[str]) -> None:
     env = container.setdefault("env", [])
-    present = {e.get("name") for e in env if isinstance(e, Mapping)}
-    for name, value in (("OPENAI_BASE_URL", BASE_URL), ("OPENAI_API_KEY", PLACEHOLDER_API_KEY)):
+    # ``env`` wins over ``envFrom`` in Kubernetes: adding a name the container
+    # already gets from a ConfigMap or Secret would silently override it.
+    present = {e.get("name") for e in env if isinstance(e, Mapping)} | set(from_sources)
+    for name, value in zip(INJECTED_ENV, (BASE_URL, PLACEHOLDER_API_KEY), strict=True):
         if name not in present:
             env.append({"name": name, "value": value})
+    if not env:
+        del container["env"]
 
 
-def inject(pod: Mapping[str, Any], runtime: Mapping[str, Any]) -> dict[str, Any]:
+def _check_no_clash(pod_spec: Mapping[str, Any], runtime_name: str) -> None:
+    """Refuse pods whose own volumes or ports would collide with the sidecar's."""
+    taken = {str(v.get("name")) for v in pod_spec.get("volumes") or [] if isinstance(v, Mapping)}
+    clashing = sorted(taken & {CONFIG_VOLUME, KEY_VOLUME})
+    if clashing:
+        raise InjectionRefused(
+            f"the pod already has a volume named {', '.join(clashing)}, which the sidecar of "
+            f"OpenAiRuntime {runtime_name} needs; rename it"
+        )
+    containers = [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]
+    for container in containers:
+        if not isinstance(container, Mapping):
+            continue
+        for port in container.get("ports") or []:
+            if isinstance(port, Mapping) and port.get("containerPort") in (API_PORT, ADMIN_PORT):
+                raise InjectionRefused(
+                    f"container {container.get('name')} declares port "
+                    f"{port.get('containerPort')}, which the sidecar of OpenAiRuntime "
+                    f"{runtime_name} listens on (pods share one network namespace)"
+                )
+
+
+def inject(
+    pod: Mapping[str, Any],
+    runtime: Mapping[str, Any],
+    *,
+    env_from: Mapping[str, Collection[str]] | None = None,
+) -> dict[str, Any]:
     """The pod with the sidecar of ``runtime`` injected (a copy; the input is untouched).
 
+    ``env_from`` maps a container's name to the variable names its ``envFrom``
+    sources provide (:func:`env_from_names` looks them up); the injected
+    variables are not added where those already set them.
+
     An already injected pod comes back unchanged. Raises :class:`InjectionRefused`
-    for a ``hostNetwork`` pod or a runtime whose spec is invalid.
+    for a ``hostNetwork`` pod, a runtime whose spec is invalid, and a pod whose
+    volume names or declared ports collide with the sidecar's.
     """
     result: dict[str, Any] = copy.deepcopy(dict(pod))
     if is_injected(result):
@@ -165,9 +209,12 @@ def inject(pod: Mapping[str, Any], runtime: Mapping[str, Any]) -> dict[str, Any]
         )
         raise InjectionRefused(f"OpenAiRuntime {runtime_name} is invalid: {problems}") from None
 
+    _check_no_clash(pod_spec, runtime_name)
+
+    provided = env_from or {}
     for container in pod_spec.get("containers") or []:
         if isinstance(container, dict):
-            _add_env(container)
+            _add_env(container, provided.get(str(container.get("name")), ()))
     sidecar = _sidecar_container(spec)
     if spec.sidecar.native:
         # First, so the pod's own init containers can call it too.
@@ -187,6 +234,33 @@ def inject(pod: Mapping[str, Any], runtime: Mapping[str, Any]) -> dict[str, Any]
 def _replace(target: MutableMapping[str, Any], source: Mapping[str, Any]) -> None:
     target.clear()
     target.update(copy.deepcopy(dict(source)))
+
+
+async def env_from_names(
+    ctx: OperatorContext, namespace: str, container: Mapping[str, Any]
+) -> set[str]:
+    """Which of the injected variables ``container`` gets from its ``envFrom`` sources.
+
+    Only the names are kept, never values. A source that does not exist (yet)
+    provides nothing: kubelet would not start an app whose required source is
+    missing, and an optional one really provides nothing.
+    """
+    found: set[str] = set()
+    for source in container.get("envFrom") or []:
+        if not isinstance(source, Mapping):
+            continue
+        prefix = str(source.get("prefix") or "")
+        for field, plural in (("configMapRef", "configmaps"), ("secretRef", "secrets")):
+            ref = source.get(field)
+            if not isinstance(ref, Mapping) or not ref.get("name"):
+                continue
+            wanted = {n[len(prefix) :] for n in INJECTED_ENV if n.startswith(prefix)}
+            if not wanted:
+                continue
+            obj = await ctx.api.get(resource_path("v1", plural, namespace, str(ref["name"])))
+            keys = set(((obj or {}).get("data") or {}).keys())
+            found |= {prefix + key for key in wanted & keys}
+    return found
 
 
 async def mutate_pod(
@@ -210,8 +284,14 @@ async def mutate_pod(
         raise kopf.AdmissionError(
             f"OpenAiRuntime {runtime_name} not found in namespace {namespace}", code=DENIED
         )
+    spec = body.get("spec") or {}
+    env_from = {
+        str(c.get("name")): await env_from_names(ctx, namespace, c)
+        for c in spec.get("containers") or []
+        if isinstance(c, Mapping) and c.get("envFrom")
+    }
     try:
-        injected = inject(body, runtime)
+        injected = inject(body, runtime, env_from=env_from)
     except InjectionRefused as error:
         raise kopf.AdmissionError(str(error), code=DENIED) from None
 

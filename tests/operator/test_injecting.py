@@ -23,6 +23,8 @@ import pytest
 
 from openai_runtime_operator.context import OperatorContext
 from openai_runtime_operator.injecting import (
+    ADMIN_PORT,
+    API_PORT,
     BASE_URL,
     CONFIG_VOLUME,
     KEY_VOLUME,
@@ -88,7 +90,7 @@ def test_native_sidecar_is_first_init_container() -> None:
         "limits": {"memory": "128Mi"},
     }
     for probe, path in [
-        ("startupProbe", "/readyz"),
+        ("startupProbe", "/healthz"),  # a missing key must not hold the app back
         ("readinessProbe", "/readyz"),
         ("livenessProbe", "/healthz"),
     ]:
@@ -389,3 +391,59 @@ async def test_webhook_keeps_env_the_app_sets(declare: Any, webhook: Webhook) ->
     app, mine = result["spec"]["containers"]
     assert env_of(app) == {"OPENAI_BASE_URL": BASE_URL, "OPENAI_API_KEY": PLACEHOLDER_API_KEY}
     assert mine["env"] == own
+
+
+def test_env_from_sources_count_as_set() -> None:
+    body = pod("web", "alpha")
+    body["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "own-openai"}}]
+    result = inject(body, runtime("alpha"), env_from={"app": {"OPENAI_API_KEY"}})
+    assert env_of(result["spec"]["containers"][0]) == {"OPENAI_BASE_URL": BASE_URL}
+    both = inject(body, runtime("alpha"), env_from={"app": {"OPENAI_API_KEY", "OPENAI_BASE_URL"}})
+    assert "env" not in both["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda s: s.setdefault("volumes", []).append({"name": KEY_VOLUME, "emptyDir": {}}),
+            f"already has a volume named {KEY_VOLUME}",
+        ),
+        (
+            lambda s: (
+                s["containers"][0].setdefault("ports", []).append({"containerPort": API_PORT})
+            ),
+            f"declares port {API_PORT}",
+        ),
+        (
+            lambda s: s.setdefault("initContainers", []).append(
+                {"name": "x", "image": "x", "ports": [{"containerPort": ADMIN_PORT}]}
+            ),
+            f"declares port {ADMIN_PORT}",
+        ),
+    ],
+)
+def test_clashing_volumes_and_ports_are_refused(edit: Any, message: str) -> None:
+    body = pod("web", "alpha")
+    edit(body["spec"])
+    with pytest.raises(InjectionRefused, match=message):
+        inject(body, runtime("alpha"))
+
+
+async def test_webhook_respects_env_from_sources(declare: Any, webhook: Webhook) -> None:
+    declare.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+    declare.objects["v1/configmaps", NS, "openai-settings"] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "openai-settings", "namespace": NS},
+        "data": {"BASE_URL": "https://proxy.example/v1", "OTHER": "x"},
+    }
+    original = controller_pod()
+    original["spec"]["containers"][0]["envFrom"] = [
+        {"configMapRef": {"name": "openai-settings"}, "prefix": "OPENAI_"},
+        {"secretRef": {"name": "not-there", "optional": True}},
+    ]
+    answer = await webhook.review(original)
+    result = apply_patch(original, json.loads(base64.b64decode(answer["patch"])))
+    # OPENAI_BASE_URL comes from the ConfigMap (prefix + key): env would override it.
+    assert env_of(result["spec"]["containers"][0]) == {"OPENAI_API_KEY": PLACEHOLDER_API_KEY}
