@@ -2,11 +2,14 @@
 # The openai-runtime image: one console script, `openai-runtime`, that runs the
 # sidecar (the default command) or the operator (`openai-runtime operator ...`).
 #
-#   docker build -t ghcr.io/atomr/openai-runtime:0.1.0 .
+#   docker build -t ghcr.io/atomr/openai-runtime:0.1.0 .       (or --target runtime)
+#   docker build --target demo -t ghcr.io/atomr/openai-runtime-demo:0.1.0 .
 #
-# Two stages: the first builds wheels for the project and all its dependencies,
-# the second installs them from those wheels (no index, no compiler) into a
-# virtual environment and runs as an unprivileged user.
+# Stages: `build` makes wheels for the project and all its dependencies;
+# `runtime`, the last stage and so the default target, installs them from those
+# wheels (no index, no compiler) into a virtual environment and runs as an
+# unprivileged user. `demo`, built only when asked for (--target demo), is the
+# demo app of examples/demo-app.yaml: the OpenAI SDK and examples/demo_app.py.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -24,7 +27,28 @@ COPY operator/ operator/
 WORKDIR /
 RUN pip wheel --wheel-dir /wheels /src
 
-FROM ${PYTHON_IMAGE}
+# The demo app (examples/demo_app.py): only the official OpenAI SDK, no
+# openai-runtime code. It stays before the runtime stage, which must remain the
+# last one: `docker build .` without --target yields the runtime image.
+FROM ${PYTHON_IMAGE} AS demo
+ENV PATH=/opt/openai-demo/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python3 -m venv /opt/openai-demo \
+    && /opt/openai-demo/bin/pip install "openai>=1.40,<4" \
+    && /opt/openai-demo/bin/pip uninstall --yes pip \
+    && groupadd --gid 65532 nonroot \
+    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin nonroot
+COPY examples/demo_app.py /app/demo_app.py
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["python", "/app/demo_app.py"]
+
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/openai-runtime/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
