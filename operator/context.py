@@ -40,11 +40,16 @@ class OperatorContext:
     """Where to serve ``/metrics`` (None: nowhere); port 0 picks a free one."""
     metrics_port: int | None = None
     """The port the metrics server bound, once it runs."""
+    workers: int = 16
+    """At most this many handler calls (reconciliations, Secret events) at once."""
     _metrics_runner: web.AppRunner | None = field(default=None, repr=False)
     _api: KubeApi | None = field(default=None, repr=False)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, repr=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     _keyed: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict, repr=False)
+    _slots: asyncio.Semaphore | None = field(default=None, repr=False)
+    secrets_followed: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    """Per Secret, the digest of the data that all its runtimes followed (:mod:`.rotation`)."""
 
     def set_connection(self, info: kopf.ConnectionInfo | None) -> None:
         """Record what the login handler returned (a new login replaces the client)."""
@@ -66,6 +71,12 @@ class OperatorContext:
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    def slot(self) -> asyncio.Semaphore:
+        """One of :attr:`workers` slots: taken by a handler call, never while holding a lock."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(max(1, self.workers))
+        return self._slots
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)

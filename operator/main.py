@@ -202,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clusterwide = not namespaces
     ctx = OperatorContext(
         resync_interval=args.resync_interval,
+        workers=args.workers,
         token_source=service_account_token_source(),
         convergence=ConvergenceSettings(port=args.sidecar_admin_port),
         metrics_address=("0.0.0.0", args.metrics_port) if args.metrics_port else None,

@@ -25,7 +25,7 @@ from .injecting import mutate_pod
 from .models import GROUP, LABEL_RUNTIME, PLURAL, VERSION
 from .reconciling import reconcile
 from .resync import resync_forever
-from .rotation import on_secret_event, runtime_pods, runtimes_by_secret
+from .rotation import on_secret_event, runtime_pods, runtimes_by_secret, secret_digest
 
 __all__ = ["LoginFn", "build_registry", "build_settings", "default_login"]
 
@@ -44,12 +44,19 @@ def build_settings(
     """kopf's settings: state in annotations, bounded workers, only warnings as Events.
 
     (``kopf.event``/``kopf.warn`` calls are posted whatever ``posting_level`` says.)
+    ``workers`` does not cap kopf's per-object workers (``queueing.worker_limit``
+    stays unlimited): every runtime must be indexed before any handler runs, so
+    with more runtimes than workers at start-up the first ones would wait for
+    the index forever holding every slot, and an idle worker keeps its slot for
+    ``queueing.idle_timeout`` seconds after its last event. The handlers bound
+    themselves instead (:meth:`.OperatorContext.slot`; pass the same number as
+    :attr:`.OperatorContext.workers`).
     """
     settings = kopf.OperatorSettings()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage()
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage()
     settings.persistence.finalizer = f"{GROUP}/operator"
-    settings.queueing.worker_limit = workers
+    settings.queueing.worker_limit = None
     settings.execution.max_workers = max(1, min(workers, 8))
     settings.peering.standalone = standalone
     settings.peering.name = "openai-runtime"
@@ -101,15 +108,16 @@ def build_registry(
         # Returns nothing on purpose: kopf would store a result under status.
         if not namespace:
             return
-        await reconcile(
-            ctx,
-            body=body,
-            spec=spec,
-            meta=meta,
-            namespace=namespace,
-            name=name,
-            logger=logger,
-        )
+        async with ctx.slot():
+            await reconcile(
+                ctx,
+                body=body,
+                spec=spec,
+                meta=meta,
+                namespace=namespace,
+                name=name,
+                logger=logger,
+            )
 
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*resource, registry=registry, id="reconcile")(reconcile_handler)
@@ -123,11 +131,23 @@ def build_registry(
     kopf.index(*resource, registry=registry, id="runtimes_by_secret")(runtimes_by_secret)
 
     async def secret_handler(
-        *, namespace: str | None, name: str, logger: Logger, **kwargs: Any
+        *,
+        type: str | None,
+        body: kopf.Body,
+        namespace: str | None,
+        name: str,
+        logger: Logger,
+        **kwargs: Any,
     ) -> None:
         # kopf passes each index as a keyword named after it.
         index = cast(kopf.Index[tuple[str, str], str], kwargs["runtimes_by_secret"])
-        await on_secret_event(ctx, namespace=namespace, name=name, index=index, logger=logger)
+        if not namespace or (namespace, name) not in index:
+            return  # most Secrets: no runtime of ours, no slot taken
+        digest = None if type == "DELETED" else secret_digest(body)
+        async with ctx.slot():
+            await on_secret_event(
+                ctx, namespace=namespace, name=name, index=index, logger=logger, digest=digest
+            )
 
     kopf.on.event("v1", "secrets", registry=registry, id="secrets")(secret_handler)
 

@@ -17,6 +17,8 @@ or comes back makes ``CredentialResolved`` recover the same way.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -45,6 +47,7 @@ __all__ = [
     "rotation_event",
     "runtime_pods",
     "runtimes_by_secret",
+    "secret_digest",
 ]
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -67,6 +70,13 @@ def runtimes_by_secret(
     if not namespace or not name or not isinstance(secret, str):
         return {}
     return {(namespace, secret): name}
+
+
+def secret_digest(secret: Mapping[str, Any]) -> str:
+    """A digest of a Secret's data, to tell a replayed Secret from a changed one (no key)."""
+    data = secret.get("data") or {}
+    text = json.dumps(dict(data) if isinstance(data, Mapping) else data, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def rotation_event(runtime: Mapping[str, Any], status: OpenAiRuntimeStatus) -> None:
@@ -188,14 +198,24 @@ async def on_secret_event(
     name: str | None,
     index: kopf.Index[tuple[str, str], str],
     logger: Logger,
+    digest: str | None = None,
 ) -> None:
     """A Secret was listed, added, modified or deleted: follow it in its runtimes.
 
     kopf does not retry event handlers, so transient API errors are retried
     here a few times; the resync loop catches whatever still slips through.
+    ``digest`` (:func:`secret_digest` of the event's Secret; None when it was
+    deleted) skips the runtimes altogether when every one of them already
+    followed that very data: re-lists of the watch and label edits replay a
+    Secret unchanged, and each pass costs two reads per runtime sharing it.
     """
     if not namespace or not name or (namespace, name) not in index:
         return
+    key = (namespace, name)
+    if digest is not None and ctx.secrets_followed.get(key) == digest:
+        return
+    ctx.secrets_followed.pop(key, None)
+    followed = True
     for runtime in sorted(set(index[namespace, name])):
         for delay in (*RETRY_DELAYS, None):
             try:
@@ -206,6 +226,9 @@ async def on_secret_event(
                     logger.error(
                         "Giving up on %s/%s until the next resync: %s", namespace, runtime, exc
                     )
+                    followed = False
                     break
                 logger.warning("Retrying %s/%s in %.0fs: %s", namespace, runtime, delay, exc)
                 await asyncio.sleep(delay)
+    if followed and digest is not None:
+        ctx.secrets_followed[key] = digest
