@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint typecheck pytest bench clean
+.PHONY: all demo test lint typecheck pytest bench fuzz clean
 
 all: test
 
@@ -36,5 +36,18 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# Benchmarks print figures and write bench/RESULTS.md; they are not tests.
+# LiteLLM goes into its own virtual environment, made by the bench itself.
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+# Coverage-guided fuzzing of the SSE decoder for a bounded time (FUZZ_SECONDS).
+# New inputs go to .fuzz/ (not committed); fuzz/corpus/ holds the seeds.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(VENV)/bin/pip install --quiet 'atheris>=2.3'
+	mkdir -p .fuzz/sse
+	$(PY) fuzz/fuzz_sse.py -max_total_time=$(FUZZ_SECONDS) .fuzz/sse fuzz/corpus/sse
+
 clean:
-	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache .fuzz

@@ -268,6 +268,10 @@ async def _listen(
         shutdown_timeout=grace,
         handler_cancellation=cancel_on_disconnect,
         access_log=None,
+        # After an early answer (413, 408) the rest of an unread body is read
+        # and dropped for at most this long before the connection closes: long
+        # enough for the client to see the answer, short for a stalled client.
+        lingering_time=1.0,
     )
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -113,6 +113,14 @@ class LimitSettings(_Model):
         ge=1024,
         description="Largest request body in bytes (images travel inline); 413 above it.",
     )
+    body_timeout: Duration = Field(
+        default=30.0,
+        description=(
+            "Seconds a client may take to send its whole request body once its "
+            "headers arrived; 408 and the connection closed after it, so a stalled "
+            "client cannot hold a connection forever."
+        ),
+    )
 
 
 class WatchSettings(_Model):

@@ -32,7 +32,8 @@ def load_document(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{file}: not UTF-8 text") from exc
     try:
         data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        # RecursionError: a document nested thousands deep (JSON and YAML alike).
         raise ConfigError(
             f"{file}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"
         ) from exc

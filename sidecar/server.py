@@ -84,12 +84,25 @@ def openai_error(
 class BadRequest(Exception):
     """A request the sidecar refuses before spending anything on it."""
 
-    def __init__(self, message: str, code: str, param: str | None = None, status: int = 400):
+    def __init__(
+        self,
+        message: str,
+        code: str,
+        param: str | None = None,
+        status: int = 400,
+        *,
+        close: bool = False,
+    ):
         super().__init__(message)
         self.message, self.code, self.param, self.status = message, code, param, status
+        self.close = close
+        """Drop the connection after answering (the rest of the request never came)."""
 
     def response(self) -> web.Response:
-        return openai_error(self.status, self.message, self.code, param=self.param)
+        response = openai_error(self.status, self.message, self.code, param=self.param)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def parse_chat_body(raw: bytes) -> dict[str, Any]:
@@ -215,7 +228,15 @@ class ApiHandlers:
         """The validated request with its model resolved against the allow-list."""
         config = self.sidecar.config
         try:
-            body = parse_chat_body(await request.read())
+            async with asyncio.timeout(config.limits.body_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise BadRequest(
+                f"The request body did not arrive within {config.limits.body_timeout:g} seconds.",
+                "request_timeout",
+                status=408,
+                close=True,
+            ) from None
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(
                 "The request body exceeds the sidecar's limit of "
@@ -223,6 +244,10 @@ class ApiHandlers:
                 "request_too_large",
                 status=413,
             ) from None
+        except web.RequestPayloadError:
+            # The body arrived but cannot be decoded (a broken Content-Encoding).
+            raise BadRequest("The request body could not be decoded.", "invalid_body") from None
+        body = parse_chat_body(raw)
         models = config.models
         model = models.resolve(body.get("model"))
         if model is None:
@@ -281,16 +306,27 @@ class ApiHandlers:
         error: RunnerError | None = None
         try:
             await response.prepare(request)
+            # Frames arrive whole; only a stream cut mid-line ends with an
+            # unfinished one. It is held back: SSE clients discard it anyway,
+            # and an error event written after it would be glued onto it.
+            unfinished = b""
             try:
-                async for data in handle:
-                    await response.write(data)
+                async for chunk in handle:
+                    data = unfinished + chunk
+                    end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+                    data, unfinished = data[:end], data[end:]
+                    if data:
+                        await response.write(data)
             except RunnerError as err:
                 error = err
                 if not isinstance(err, UpstreamError):
                     # In-band upstream errors were forwarded as they came; a
                     # cut or stalled stream gets one so the SDK raises too.
+                    unfinished = b""
                     frame = json.dumps(err.openai_body(), separators=(",", ":"))
                     await response.write(b"data: " + frame.encode() + b"\n\n")
+            if unfinished:
+                await response.write(unfinished)
             await response.write_eof()
         finally:
             # Also when the app went away (cancelled, reset): stop upstream at

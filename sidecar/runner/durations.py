@@ -42,7 +42,10 @@ def parse_duration(value: str | float | int) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '5s'")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float range: as infinite as it gets
+            seconds = math.inf
     elif isinstance(value, str):
         text = value.strip()
         if not text:
