@@ -23,9 +23,11 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import math
 import sys
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import PurePath
 from typing import Any, TextIO
 
@@ -59,9 +61,24 @@ def _json_default(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+_second: tuple[int, str] = (-1, "")
+"""The last whole second and its text (one tuple, so threads never see halves)."""
+
+
 def _timestamp(created: float) -> str:
-    moment = datetime.fromtimestamp(created, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # The same rounding as datetime.fromtimestamp (microseconds half-even),
+    # without building a datetime and calling strftime for every line.
+    fraction, whole = math.modf(created)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    global _second
+    second = int(whole)
+    cached, text = _second
+    if cached != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        _second = (second, text)
+    return f"{text}{micros // 1000:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):

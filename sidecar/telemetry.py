@@ -31,6 +31,7 @@ import contextlib
 import importlib
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -38,6 +39,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, cast
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -48,7 +50,16 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TracerProvider,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
@@ -138,12 +149,18 @@ class Telemetry:
         resource = _resource()
 
         self._own_tracer_provider: SdkTracerProvider | None = None
+        # Spans nobody receives are not built: without an exporter (and with no
+        # provider handed in) each call gets only span contexts, so upstream
+        # still sees a traceparent continuing the app's trace, at a fraction
+        # of the cost of recording attributes that would be dropped.
+        self._recording = True
         if tracer_provider is None:
             own = SdkTracerProvider(resource=resource)
             endpoint = _otlp_endpoint(env, "traces")
             exporter = self._otlp_exporter(_OTLP_TRACES, endpoint, env) if endpoint else None
             if exporter is not None:
                 own.add_span_processor(BatchSpanProcessor(cast(SpanExporter, exporter)))
+            self._recording = exporter is not None
             self._own_tracer_provider = tracer_provider = own
         self._tracer = tracer_provider.get_tracer(_SCOPE)
 
@@ -185,10 +202,29 @@ class Telemetry:
             "Seconds until upstream's first streamed bytes.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.cost = counter("openai_runtime.cost", "USD", "Cost of the calls in US dollars.")
-        self.requests = counter("openai_runtime.requests", "{request}", "Calls by outcome.")
-        self.in_flight = meter.create_up_down_counter(
-            "openai_runtime.requests.in_flight", "{request}", "Calls being served now."
+        # The two counters every call adds to are summed here and read at
+        # collection: a dict update instead of an SDK measurement per call.
+        self.cost = _Sums()
+        meter.create_observable_counter(
+            "openai_runtime.cost",
+            callbacks=[self.cost.observe],
+            unit="USD",
+            description="Cost of the calls in US dollars.",
+        )
+        self.requests = _Sums()
+        meter.create_observable_counter(
+            "openai_runtime.requests",
+            callbacks=[self.requests.observe],
+            unit="{request}",
+            description="Calls by outcome.",
+        )
+        # A plain count read at collection: two measurements fewer per call.
+        self.in_flight = 0
+        meter.create_observable_up_down_counter(
+            "openai_runtime.requests.in_flight",
+            callbacks=[self._observe_in_flight],
+            unit="{request}",
+            description="Calls being served now.",
         )
         self.retries = counter(
             "openai_runtime.retries", "{retry}", "Attempts after the first, by the last error."
@@ -252,6 +288,31 @@ class Telemetry:
 
     # -- per call ------------------------------------------------------------
 
+    def _start_span(
+        self, name: str, parent: Context, attributes: Mapping[str, AttributeValue]
+    ) -> Span:
+        """A client span under ``parent``; only a span context when nothing records spans."""
+        if self._recording:
+            return self._tracer.start_span(
+                name, context=parent, kind=SpanKind.CLIENT, attributes=attributes
+            )
+        above = trace.get_current_span(parent).get_span_context()
+        span_id = random.getrandbits(64) or 1
+        if above.is_valid:
+            context = SpanContext(
+                above.trace_id,
+                span_id,
+                is_remote=False,
+                trace_flags=above.trace_flags,
+                trace_state=above.trace_state,
+            )
+        else:  # a new trace, sampled as the SDK's default sampler would
+            trace_id = random.getrandbits(128) or 1
+            context = SpanContext(
+                trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+            )
+        return NonRecordingSpan(context)
+
     def start_call(
         self, headers: Mapping[str, str], *, model: str | None, stream: bool
     ) -> CallTrace:
@@ -267,13 +328,8 @@ class Telemetry:
         }
         if model:
             attributes["gen_ai.request.model"] = model
-        span = self._tracer.start_span(
-            f"chat {model}" if model else "chat",
-            context=parent,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-        )
-        self.in_flight.add(1, self.runtime_attributes)
+        span = self._start_span(f"chat {model}" if model else "chat", parent, attributes)
+        self.in_flight += 1
         return CallTrace(self, span, model=model, stream=stream)
 
     # -- events --------------------------------------------------------------
@@ -308,6 +364,9 @@ class Telemetry:
             log.warning("telemetry gauge source failed: %s", type(exc).__name__)
             return None
 
+    def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(self.in_flight, self.runtime_attributes)
+
     def _observe_circuit(self, options: CallbackOptions) -> Iterable[Observation]:
         state = self._read(self._circuit)
         if state in _CIRCUIT_VALUES:
@@ -340,6 +399,22 @@ class Telemetry:
         self._meter_provider.shutdown()
         if self._own_tracer_provider is not None:
             self._own_tracer_provider.shutdown()
+
+
+class _Sums:
+    """A cumulative counter kept in a dict and reported by an observable counter."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[tuple[str, AttributeValue], ...], float] = {}
+
+    def add(self, amount: float, attributes: Mapping[str, AttributeValue]) -> None:
+        key = tuple(sorted(attributes.items()))
+        self._values[key] = self._values.get(key, 0) + amount
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        # list(): a copy taken at once, should an exporter thread collect mid-call.
+        for key, value in list(self._values.items()):
+            yield Observation(value, dict(key))
 
 
 class CallTrace:
@@ -385,11 +460,8 @@ class CallTrace:
         }
         if attempt >= 2:
             span_attributes["http.request.resend_count"] = attempt - 1
-        span = telemetry._tracer.start_span(
-            f"attempt {attempt}",
-            context=trace.set_span_in_context(self.span),
-            kind=SpanKind.CLIENT,
-            attributes=span_attributes,
+        span = telemetry._start_span(
+            f"attempt {attempt}", trace.set_span_in_context(self.span), span_attributes
         )
         self._attempts[attempt] = span
         carrier: dict[str, str] = {}
@@ -440,12 +512,13 @@ class CallTrace:
         if request_model and not self._model:
             span.update_name(f"chat {request_model}")
             span.set_attribute("gen_ai.request.model", request_model)
-        span.set_attribute("http.response.status_code", status)
-        if info is not None:
-            span.set_attributes(_span_attributes(info))
-        if kind is not None:
-            span.set_attribute("error.type", kind)
-            span.set_status(Status(StatusCode.ERROR, kind))
+        if span.is_recording():
+            span.set_attribute("http.response.status_code", status)
+            if info is not None:
+                span.set_attributes(_span_attributes(info))
+            if kind is not None:
+                span.set_attribute("error.type", kind)
+                span.set_status(Status(StatusCode.ERROR, kind))
         span.end()
 
         attributes = dict(telemetry.base_attributes)
@@ -475,7 +548,7 @@ class CallTrace:
             telemetry.cost.add(cost.usd, {**model, **runtime, "estimated": cost.estimated})
         outcome = kind or "ok"
         telemetry.requests.add(1, {"outcome": outcome, "stream": self._stream, **model, **runtime})
-        telemetry.in_flight.add(-1, runtime)
+        telemetry.in_flight -= 1
 
 
 def _span_attributes(info: CallInfo) -> dict[str, AttributeValue]:

@@ -23,6 +23,11 @@ from .transport import UpstreamResponse
 
 __all__ = ["StreamAttempt", "open_stream"]
 
+# Content chunks whose only use is the output estimate for a stream cut before
+# its usage arrives are kept unparsed, up to this many characters, and parsed
+# only if that estimate is ever needed (a finished stream reports its usage).
+_DEFERRED_CHARS = 65536
+
 
 class StreamAttempt:
     """One upstream stream that delivered its first event."""
@@ -45,6 +50,8 @@ class StreamAttempt:
         self.error_event = 0
         """Which event (1-based) carried an in-band error."""
         self._closed = False
+        self._deferred: list[str] = []
+        self._deferred_chars = 0
 
     # -- frames ------------------------------------------------------------
 
@@ -56,6 +63,12 @@ class StreamAttempt:
         self.events += 1
         if data == "[DONE]":
             self.done = True
+            return True
+        if self._only_content(data):
+            self._deferred.append(data)
+            self._deferred_chars += len(data)
+            if self._deferred_chars > _DEFERRED_CHARS:
+                self._count_deferred()
             return True
         try:
             chunk: Any = json.loads(data)
@@ -93,6 +106,39 @@ class StreamAttempt:
                     self.output_chars += _delta_chars(delta)
             info.finish_reasons = list(self._finish_by_choice.values())
         return True
+
+    def _only_content(self, data: str) -> bool:
+        """Whether ``data`` can carry nothing but delta text (the bulk of a stream).
+
+        Such a chunk has no usage, no error and only null finish reasons, and
+        comes after the id and model are known. The test is on the JSON text:
+        a key is a quoted name, which string contents (quotes escaped) cannot
+        fake, so anything in doubt is parsed.
+        """
+        info = self._info
+        return (
+            info.response_id is not None
+            and info.response_model is not None
+            and '"usage"' not in data
+            and '"error"' not in data
+            and data.count('"finish_reason"') == data.count('"finish_reason":null')
+        )
+
+    def _count_deferred(self) -> None:
+        """Add the deferred chunks' delta text to ``output_chars``."""
+        for data in self._deferred:
+            try:
+                chunk: Any = json.loads(data)
+            except ValueError:
+                continue
+            choices = chunk.get("choices") if isinstance(chunk, dict) else None
+            if isinstance(choices, list):
+                for choice in choices:
+                    delta = choice.get("delta") if isinstance(choice, dict) else None
+                    if isinstance(delta, dict):
+                        self.output_chars += _delta_chars(delta)
+        self._deferred.clear()
+        self._deferred_chars = 0
 
     def _feed(self, frames: list[SSEFrame]) -> list[bytes]:
         return [frame.raw for frame in frames if self._process(frame)]
@@ -148,6 +194,7 @@ class StreamAttempt:
 
     def estimate_usage(self, prompt_estimate: int) -> Usage:
         """Usage for a stream cut before upstream reported it."""
+        self._count_deferred()
         completion = (self.output_chars + 3) // 4 if self.output_chars else 0
         return Usage(
             prompt_tokens=prompt_estimate,
