@@ -18,7 +18,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-import run  # bench/run.py, beside this file
+import common  # bench/common.py, loadgen.py and targets.py, beside this file
+import loadgen
+import targets
 
 
 def _key(frame: str) -> str:
@@ -52,22 +54,24 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
-    py_spy = run.LITELLM_VENV / "bin" / "py-spy"
+    py_spy = common.LITELLM_VENV / "bin" / "py-spy"
     if not py_spy.exists():
-        if not run.LITELLM_PY.exists():
-            subprocess.run([sys.executable, "-I", "-m", "venv", str(run.LITELLM_VENV)], check=True)
-        if not run._pip(["py-spy"], Path(tempfile.gettempdir()) / "bench-py-spy.log"):
+        if not common.LITELLM_PY.exists():
+            subprocess.run(
+                [sys.executable, "-I", "-m", "venv", str(common.LITELLM_VENV)], check=True
+            )
+        if not targets._pip(["py-spy"], Path(tempfile.gettempdir()) / "bench-py-spy.log"):
             print("py-spy could not be installed")
             return 1
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         work = Path(tmp)
-        upstream = run.start_upstream(work)
-        sidecar = run.start_sidecar(work, upstream.url)
+        upstream = targets.start_upstream(work)
+        sidecar = targets.start_sidecar(work, upstream.url)
         try:
-            body = run.STREAM_BODY if args.stream else run.BODY
-            run.wrk(sidecar.url, 32, 2, body)  # warm-up
+            body = common.STREAM_BODY if args.stream else common.BODY
+            loadgen.wrk(sidecar.url, 32, 2, body)  # warm-up
             load = threading.Thread(
-                target=run.wrk, args=(sidecar.url, 32, args.seconds + 2, body), daemon=True
+                target=loadgen.wrk, args=(sidecar.url, 32, args.seconds + 2, body), daemon=True
             )
             load.start()
             raw = work / "profile.txt"

@@ -21,21 +21,17 @@ carry the error's class name, never its message (an upstream message may
 quote the input).
 
 The OTLP exporter is imported only when ``OTEL_EXPORTER_OTLP_*ENDPOINT`` is
-set, so a sidecar without a collector pays for nothing but the Prometheus
-reader, which collects only when scraped.
+set (:mod:`.otlp`), so a sidecar without a collector pays for nothing but the
+Prometheus reader, which collects only when scraped; the counters every call
+adds to and the gauges are read at collection (:mod:`.meters`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import logging
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, cast
 
 from opentelemetry import trace
@@ -47,7 +43,6 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import (
@@ -63,14 +58,14 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from .meters import Readings, Sums
+from .otlp import OtlpExporters, otlp_resource
 from .prometheus import PrometheusReader
 from .runner.credentials import ReloadOutcome
 from .runner.errors import RunnerError
 from .runner.results import CallInfo
 
 __all__ = ["SERVICE_NAME", "CallTrace", "Telemetry"]
-
-log = logging.getLogger(__name__)
 
 SERVICE_NAME = "openai-runtime-sidecar"
 _SCOPE = "openai_runtime_sidecar"
@@ -83,49 +78,12 @@ DURATION_BUCKETS: tuple[float, ...] = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 )  # fmt: skip
 
-_CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
-
 # An explicit propagator: the app speaks W3C trace context to us and upstream
 # gets the same, whatever OTEL_PROPAGATORS says for the rest of the process.
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 # Patched by tests; the runner's clock may be fake, this one never is.
 _monotonic = time.monotonic
-
-_OTLP_PACKAGE = "opentelemetry-exporter-otlp-proto-http"
-_OTLP_TRACES = ("opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter")
-_OTLP_METRICS = ("opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter")
-
-
-def _otlp_endpoint(environ: Mapping[str, str], signal: str) -> str | None:
-    """The OTLP/HTTP URL for ``signal`` (traces, metrics), or None when not configured.
-
-    Computed here from ``environ`` (same rules as the exporter: a per-signal
-    URL is used as is, the generic one gets ``/v1/<signal>``) so an injected
-    environment is honoured, not only ``os.environ``.
-    """
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    if environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none":
-        return None
-    specific = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT", "").strip()
-    if specific:
-        return specific
-    generic = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    return f"{generic.rstrip('/')}/v1/{signal}" if generic else None
-
-
-def _resource() -> Resource:
-    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES / OTEL_SERVICE_NAME; our
-    # name only fills in when the deployment did not choose one.
-    resource = Resource.create({})
-    own: dict[str, AttributeValue] = {}
-    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
-        own["service.name"] = SERVICE_NAME
-    if "service.version" not in resource.attributes:
-        with contextlib.suppress(PackageNotFoundError):  # running from a source tree
-            own["service.version"] = version("openai-runtime")
-    return resource.merge(Resource(own)) if own else resource
 
 
 class Telemetry:
@@ -145,8 +103,8 @@ class Telemetry:
         self.runtime = runtime
         self.provider_name = "azure.ai.openai" if variant == "azure" else "openai"
         self.server_address = server_address
-        self._otlp_warned = False
-        resource = _resource()
+        otlp = OtlpExporters(env)
+        resource = otlp_resource(SERVICE_NAME)
 
         self._own_tracer_provider: SdkTracerProvider | None = None
         # Spans nobody receives are not built: without an exporter (and with no
@@ -156,8 +114,7 @@ class Telemetry:
         self._recording = True
         if tracer_provider is None:
             own = SdkTracerProvider(resource=resource)
-            endpoint = _otlp_endpoint(env, "traces")
-            exporter = self._otlp_exporter(_OTLP_TRACES, endpoint, env) if endpoint else None
+            exporter = otlp.traces()
             if exporter is not None:
                 own.add_span_processor(BatchSpanProcessor(cast(SpanExporter, exporter)))
             self._recording = exporter is not None
@@ -166,8 +123,7 @@ class Telemetry:
 
         self.prometheus = PrometheusReader()
         readers: list[MetricReader] = [self.prometheus, *metric_readers]
-        endpoint = _otlp_endpoint(env, "metrics")
-        exporter = self._otlp_exporter(_OTLP_METRICS, endpoint, env) if endpoint else None
+        exporter = otlp.metrics()
         if exporter is not None:
             readers.append(PeriodicExportingMetricReader(cast(MetricExporter, exporter)))
         # Always ours, never global: tests build several, and the server owns the lifecycle.
@@ -204,14 +160,14 @@ class Telemetry:
         )
         # The two counters every call adds to are summed here and read at
         # collection: a dict update instead of an SDK measurement per call.
-        self.cost = _Sums()
+        self.cost = Sums()
         meter.create_observable_counter(
             "openai_runtime.cost",
             callbacks=[self.cost.observe],
             unit="USD",
             description="Cost of the calls in US dollars.",
         )
-        self.requests = _Sums()
+        self.requests = Sums()
         meter.create_observable_counter(
             "openai_runtime.requests",
             callbacks=[self.requests.observe],
@@ -237,54 +193,9 @@ class Telemetry:
         )
         # Sources are set by observe(); callables so a reconfigured runner's
         # new breaker or limiter is read without re-registering anything.
-        self._circuit: Callable[[], str] | None = None
-        self._limiter: Callable[[], Mapping[str, Any]] | None = None
-        provider = {
-            "requests": "provider_remaining_requests",
-            "tokens": "provider_remaining_tokens",
-        }
-        local = {"requests": "requests_available", "tokens": "tokens_available"}
-        for name, callback, description in (
-            ("circuit.state", self._observe_circuit, "Breaker: 0 closed, 1 half_open, 2 open."),
-            (
-                "ratelimit.provider.remaining",
-                partial(self._observe_limits, provider),
-                "Requests / tokens upstream's last rate-limit headers said remain.",
-            ),
-            (
-                "ratelimit.local.available",
-                partial(self._observe_limits, local),
-                "Requests / tokens the local limiter would admit now.",
-            ),
-        ):
-            meter.create_observable_gauge(
-                f"openai_runtime.{name}", callbacks=[callback], description=description
-            )
+        self._readings = Readings(self.runtime_attributes)
+        self._readings.register(meter)
         self._shut_down = False
-
-    # -- set-up --------------------------------------------------------------
-
-    def _otlp_exporter(
-        self, where: tuple[str, str], endpoint: str, env: Mapping[str, str]
-    ) -> object | None:
-        module_name, class_name = where
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            if not self._otlp_warned:
-                self._otlp_warned = True
-                log.warning(
-                    "OTEL_EXPORTER_OTLP_*ENDPOINT is set but %s is not installed: "
-                    "no OTLP export (GET /metrics still works)",
-                    _OTLP_PACKAGE,
-                )
-            return None
-        protocol = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip()
-        if protocol and protocol != "http/protobuf" and not self._otlp_warned:
-            self._otlp_warned = True
-            log.warning("OTLP protocol %r is not supported; exporting http/protobuf", protocol)
-        exporter_class: Callable[..., object] = getattr(module, class_name)
-        return exporter_class(endpoint=endpoint)
 
     # -- per call ------------------------------------------------------------
 
@@ -352,38 +263,11 @@ class Telemetry:
         self, *, circuit: Callable[[], str], limiter: Callable[[], Mapping[str, Any]]
     ) -> None:
         """Read the breaker state and limiter snapshot at every collection (scrape/export)."""
-        self._circuit = circuit
-        self._limiter = limiter
-
-    def _read(self, source: Callable[[], Any] | None) -> Any:
-        if source is None:
-            return None
-        try:
-            return source()
-        except Exception as exc:  # a broken gauge must not break the scrape
-            log.warning("telemetry gauge source failed: %s", type(exc).__name__)
-            return None
+        self._readings.circuit = circuit
+        self._readings.limiter = limiter
 
     def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.in_flight, self.runtime_attributes)
-
-    def _observe_circuit(self, options: CallbackOptions) -> Iterable[Observation]:
-        state = self._read(self._circuit)
-        if state in _CIRCUIT_VALUES:
-            attributes = {"state": state, **self.runtime_attributes}
-            yield Observation(_CIRCUIT_VALUES[state], attributes)
-
-    def _observe_limits(
-        self, keys: Mapping[str, str], options: CallbackOptions
-    ) -> Iterable[Observation]:
-        snapshot = self._read(self._limiter)
-        if not isinstance(snapshot, Mapping):
-            return
-        for kind, key in keys.items():
-            value = snapshot.get(key)
-            # None means unknown (no headers yet / no local limit): no point, not a zero.
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                yield Observation(value, {"kind": kind, **self.runtime_attributes})
 
     # -- export --------------------------------------------------------------
 
@@ -399,22 +283,6 @@ class Telemetry:
         self._meter_provider.shutdown()
         if self._own_tracer_provider is not None:
             self._own_tracer_provider.shutdown()
-
-
-class _Sums:
-    """A cumulative counter kept in a dict and reported by an observable counter."""
-
-    def __init__(self) -> None:
-        self._values: dict[tuple[tuple[str, AttributeValue], ...], float] = {}
-
-    def add(self, amount: float, attributes: Mapping[str, AttributeValue]) -> None:
-        key = tuple(sorted(attributes.items()))
-        self._values[key] = self._values.get(key, 0) + amount
-
-    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        # list(): a copy taken at once, should an exporter thread collect mid-call.
-        for key, value in list(self._values.items()):
-            yield Observation(value, dict(key))
 
 
 class CallTrace:

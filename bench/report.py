@@ -1,0 +1,320 @@
+"""What a run's results.json says: the tables, RESULTS.md and the targets' PASS/MISS.
+
+Where it sits in the flow::
+
+    run.py --results (measured, or read back by --report-only)
+        --> markdown() --> RESULTS.md
+        --> print_table() --> stdout
+        --> plot_latency() --> plot.py (bench/.venv-litellm) --> latency.png
+        targets_check(): each goal against the figures --> (target, measured, goal, verdict)
+
+Nothing here measures; the same results.json always renders the same report.
+``machine()`` describes the host when a run starts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from common import BENCH, CONCURRENCY, LITELLM_PY, TARGETS, TTFT_CONCURRENCY, say
+
+
+def machine() -> dict[str, str]:
+    info = {
+        "python": platform.python_version(),
+        "os": platform.system(),
+        "cpus": str(os.cpu_count()),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["ram"] = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                info["os"] = line.split("=", 1)[1].strip('"')
+        info["kernel"] = platform.release()
+    except OSError:
+        pass
+    try:
+        version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+        info["load generator"] = version.split("[", 1)[0].strip() or "wrk"
+    except OSError:
+        pass
+    return info
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def cell(results: dict[str, Any], target: str, stream: bool, c: int) -> dict[str, Any] | None:
+    data = results["targets"].get(target)
+    if not data or "cells" not in data:
+        return None
+    for item in data["cells"]:
+        if item["stream"] == stream and item["concurrency"] == c:
+            return dict(item)
+    return None
+
+
+def ttft_of(results: dict[str, Any], target: str, c: int) -> dict[str, Any] | None:
+    data = results["targets"].get(target)
+    if not data or "ttft" not in data:
+        return None
+    return next((dict(t) for t in data["ttft"] if t["concurrency"] == c), None)
+
+
+def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(target, measured, goal, verdict) rows."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def verdict(ok: bool, margin: str) -> str:
+        return f"PASS ({margin})" if ok else f"MISS ({margin})"
+
+    for stream in (False, True):
+        mode = "stream" if stream else "non-stream"
+        for c in (32, 128):
+            side, bare, lite = (cell(results, t, stream, c) for t in ("sidecar", "bare", "litellm"))
+            if side and bare:
+                ratio = side["rps"] / bare["rps"]
+                rows.append(
+                    (
+                        f"throughput vs bare, {mode}, c={c}",
+                        f"{ratio:.0%}",
+                        ">= 70%",
+                        verdict(ratio >= 0.7, f"{(ratio - 0.7) * 100:+.0f} points"),
+                    )
+                )
+            if side and lite and lite["rps"] > 0:
+                ratio = side["rps"] / lite["rps"]
+                rows.append(
+                    (
+                        f"throughput vs LiteLLM, {mode}, c={c}",
+                        f"{ratio:.1f}x",
+                        ">= 20x",
+                        verdict(ratio >= 20, f"{ratio / 20:.2f} of goal"),
+                    )
+                )
+            elif side:
+                rows.append((f"throughput vs LiteLLM, {mode}, c={c}", "n/a", ">= 20x", "n/a"))
+    for stream in (False, True):
+        mode = "stream" if stream else "non-stream"
+        side, direct = cell(results, "sidecar", stream, 1), cell(results, "direct", stream, 1)
+        if side and direct:
+            for key, goal in (("p50_ms", 0.5), ("p99_ms", 1.5)):
+                added = side[key] - direct[key]
+                rows.append(
+                    (
+                        f"added latency {key[:3]}, {mode}, c=1",
+                        f"{added:.3f} ms",
+                        f"<= {goal} ms",
+                        verdict(added <= goal, f"{added - goal:+.3f} ms"),
+                    )
+                )
+    side, direct = ttft_of(results, "sidecar", 1), ttft_of(results, "direct", 1)
+    if side and direct:
+        added = side["ttft_p50_ms"] - direct["ttft_p50_ms"]
+        rows.append(
+            (
+                "added time to first token p50, c=1",
+                f"{added:.3f} ms",
+                "<= 1 ms",
+                verdict(added <= 1.0, f"{added - 1.0:+.3f} ms"),
+            )
+        )
+    start = results.get("startup")
+    if start:
+        idle = start["idle_rss_median_mb"]
+        rows.append(
+            ("idle RSS", f"{idle:.1f} MB", "<= 45 MB", verdict(idle <= 45, f"{idle - 45:+.1f} MB"))
+        )
+        ready = start["ready_median_s"]
+        rows.append(
+            (
+                "start to /readyz 200 (median)",
+                f"{ready:.2f} s",
+                "<= 1 s",
+                verdict(ready <= 1, f"{ready - 1:+.2f} s"),
+            )
+        )
+    sidecar = results["targets"].get("sidecar", {})
+    peaks = [c["peak_rss_mb"] for c in sidecar.get("cells", []) if c.get("peak_rss_mb")]
+    if peaks:
+        peak = max(peaks)
+        rows.append(
+            (
+                "RSS under load (peak)",
+                f"{peak:.1f} MB",
+                "<= 80 MB",
+                verdict(peak <= 80, f"{peak - 80:+.1f} MB"),
+            )
+        )
+    drift = results.get("drift")
+    if drift:
+        d = drift["drift_mb"]
+        rows.append(
+            (
+                f"RSS drift over {drift['requests'] // 1000}k requests",
+                f"{d:+.1f} MB",
+                "<= 5 MB",
+                verdict(d <= 5, f"{d - 5:+.1f} MB"),
+            )
+        )
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = ["# Benchmark results", ""]
+    lines += [
+        "Generated by `make bench` (`bench/run.py`). Every target runs on loopback against",
+        "the same instant upstream (`bench/upstream.py`), so the proxy is what is measured.",
+        f"Each cell runs {results['seconds']:g} s with wrk (one thread, keep-alive); all",
+        "targets run at once and are measured cell by cell in turn, and each figure is",
+        f"the best of {results.get('rounds', 1)} rounds (the highest req/s, with its latencies);",
+        "time to first token comes from `bench/streamgen.py`, a separate process.",
+        "CPU and RSS are the proxy process's own (its whole process tree), read from /proc.",
+        "The machine is shared and has few cores: load generator, upstream and proxy",
+        "compete for them, so compare the columns of one run; absolute figures vary.",
+        "",
+        "Added latency is the target's percentile minus the floor's at the same",
+        "concurrency. At c=1 the floor's own p99 is mostly scheduling noise from the",
+        "shared machine (milliseconds for a request that takes 20 µs), so added p99 there",
+        "can come out negative: read the p50s and the latency plot for that row.",
+        "",
+        "Sidecar: its defaults (metrics, tracing without an exporter, breaker, retries,",
+        "cost, one JSON log line per request at info, written to a file) except the",
+        "limiter's budgets, raised so it admits the whole load.",
+        "",
+        "## Machine",
+        "",
+    ]
+    for key, value in results["machine"].items():
+        lines.append(f"- {key}: {value}")
+    names = [t for t in TARGETS if t in results["targets"]]
+    for stream in (False, True):
+        lines += ["", f"## {'Streaming (SSE, 50 chunks)' if stream else 'Non-streaming'}", ""]
+        lines.append(
+            "| target | c | req/s | p50 ms | p90 ms | p99 ms | added p50 ms | added p99 ms "
+            "| CPU s / 1k req | peak RSS MB | errors |"
+        )
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for c in CONCURRENCY:
+            direct = cell(results, "direct", stream, c)
+            for name in names:
+                item = cell(results, name, stream, c)
+                if item is None:
+                    lines.append(f"| {TARGETS[name]} | {c} | n/a |||||||||")
+                    continue
+                add50 = item["p50_ms"] - direct["p50_ms"] if direct and name != "direct" else None
+                add99 = item["p99_ms"] - direct["p99_ms"] if direct and name != "direct" else None
+                lines.append(
+                    f"| {TARGETS[name]} | {c} | {item['rps']:.0f} | {item['p50_ms']:.2f} "
+                    f"| {item['p90_ms']:.2f} | {item['p99_ms']:.2f} | {fmt(add50, 3)} "
+                    f"| {fmt(add99, 3)} | {fmt(item['cpu_s_per_1k'], 3)} "
+                    f"| {fmt(item['peak_rss_mb'], 1)} | {item['errors']} |"
+                )
+    lines += ["", "## Time to first token (streaming)", ""]
+    lines.append(
+        "| target | c | req/s | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | added TTFT p50 ms |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for c in TTFT_CONCURRENCY:
+        direct = ttft_of(results, "direct", c)
+        for name in names:
+            t = ttft_of(results, name, c)
+            if t is None:
+                continue
+            added = (
+                t["ttft_p50_ms"] - direct["ttft_p50_ms"] if direct and name != "direct" else None
+            )
+            lines.append(
+                f"| {TARGETS[name]} | {c} | {t['rps']:.0f} | {t['ttft_p50_ms']:.2f} "
+                f"| {t['ttft_p90_ms']:.2f} | {t['ttft_p99_ms']:.2f} | {fmt(added, 3)} |"
+            )
+    lines += ["", "## Start-up and memory", ""]
+    lines.append("| target | start to ready s | idle RSS MB |")
+    lines.append("|---|---:|---:|")
+    start = results.get("startup")
+    if start:
+        lines.append(
+            f"| {TARGETS['sidecar']} (median of {len(start['ready_s'])}) "
+            f"| {start['ready_median_s']:.3f} | {start['idle_rss_median_mb']:.1f} |"
+        )
+    ref = results.get("startup_ref")
+    if ref:
+        lines.append(
+            f"| {TARGETS.get('sidecar-ref', 'sidecar (ref)')} (median of {len(ref['ready_s'])}) "
+            f"| {ref['ready_median_s']:.3f} | {ref['idle_rss_median_mb']:.1f} |"
+        )
+    for name in ("bare", "litellm"):
+        data = results["targets"].get(name)
+        if data and "ready_s" in data:
+            lines.append(
+                f"| {TARGETS[name]} | {data['ready_s']:.3f} | {fmt(data.get('idle_rss_mb'), 1)} |"
+            )
+    drift = results.get("drift")
+    if drift:
+        lines += [
+            "",
+            f"Sidecar RSS drift: {drift['rss_before_mb']:.1f} MB before, "
+            f"{drift['rss_after_mb']:.1f} MB after {drift['requests']} more non-streamed "
+            f"requests at c=32 ({drift['drift_mb']:+.1f} MB).",
+        ]
+    lines += ["", "## Targets", "", "| target | measured | goal | verdict |", "|---|---:|---:|---|"]
+    for row in targets_check(results):
+        lines.append("| " + " | ".join(row) + " |")
+    if results.get("notes"):
+        lines += ["", "## Notes", ""]
+        lines += [f"- {note}" for note in results["notes"]]
+    if results.get("plot"):
+        lines += ["", "## Latency distributions", "", "![latency](latency.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    say("")
+    say(
+        f"{'target':34} {'mode':6} {'c':>4} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} "
+        f"{'cpu/1k':>7} {'rssMB':>6}"
+    )
+    for name in TARGETS:
+        for stream in (False, True):
+            for c in CONCURRENCY:
+                item = cell(results, name, stream, c)
+                if item is None:
+                    continue
+                say(
+                    f"{TARGETS[name]:34} {'sse' if stream else 'json':6} {c:>4} {item['rps']:8.0f} "
+                    f"{item['p50_ms']:7.2f} {item['p90_ms']:7.2f} {item['p99_ms']:7.2f} "
+                    f"{fmt(item['cpu_s_per_1k'], 3):>7} {fmt(item['peak_rss_mb'], 1):>6}"
+                )
+    say("")
+    for row in targets_check(results):
+        say(f"  {row[0]:44} {row[1]:>10}  goal {row[2]:>8}  {row[3]}")
+
+
+def plot_latency() -> bool:
+    if not LITELLM_PY.exists():
+        say("matplotlib unavailable: no latency.png")
+        return False
+    plot = subprocess.run(
+        [str(LITELLM_PY), "-I", str(BENCH / "plot.py"), str(BENCH / "results.json")],
+        cwd=BENCH,
+        capture_output=True,
+        text=True,
+    )
+    if plot.returncode != 0:
+        say(f"plot failed: {plot.stderr[-500:]}")
+    return plot.returncode == 0

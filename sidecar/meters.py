@@ -1,0 +1,110 @@
+"""Metrics read at collection time rather than recorded per call.
+
+Where it sits in the flow::
+
+    CallTrace.finish() --Sums.add()--> dict of cumulative sums
+    runner.observe(circuit=..., limiter=...) --> Readings (sources only)
+    scrape (GET /metrics) / OTLP export --callbacks--> Sums.observe(), Readings.observe_*()
+
+The two counters every call adds to (cost, requests) are summed in plain
+Python and reported by observable counters: a dict update per call instead of
+an SDK measurement. The breaker state and the limiter's snapshot are gauges
+whose sources are callables, read at every collection, so a reconfigured
+runner's new breaker or limiter is read without re-registering anything. A
+source that fails is logged by its error's class and yields no point; the
+scrape goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.util.types import AttributeValue
+
+__all__ = ["CIRCUIT_VALUES", "Readings", "Sums"]
+
+# Under the telemetry logger, where these warnings have always been logged.
+log = logging.getLogger(__name__.rpartition(".")[0] + ".telemetry")
+
+CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Sums:
+    """A cumulative counter kept in a dict and reported by an observable counter."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[tuple[str, AttributeValue], ...], float] = {}
+
+    def add(self, amount: float, attributes: Mapping[str, AttributeValue]) -> None:
+        key = tuple(sorted(attributes.items()))
+        self._values[key] = self._values.get(key, 0) + amount
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        # list(): a copy taken at once, should an exporter thread collect mid-call.
+        for key, value in list(self._values.items()):
+            yield Observation(value, dict(key))
+
+
+class Readings:
+    """The breaker and rate-limit gauges, read from their sources at every collection."""
+
+    def __init__(self, attributes: Mapping[str, AttributeValue]) -> None:
+        self.attributes = attributes
+        # Set by Telemetry.observe(); None until then (no points).
+        self.circuit: Callable[[], str] | None = None
+        self.limiter: Callable[[], Mapping[str, Any]] | None = None
+
+    def register(self, meter: Meter) -> None:
+        """Create the gauges (circuit state, provider's and local limits) on ``meter``."""
+        provider = {
+            "requests": "provider_remaining_requests",
+            "tokens": "provider_remaining_tokens",
+        }
+        local = {"requests": "requests_available", "tokens": "tokens_available"}
+        for name, callback, description in (
+            ("circuit.state", self.observe_circuit, "Breaker: 0 closed, 1 half_open, 2 open."),
+            (
+                "ratelimit.provider.remaining",
+                partial(self.observe_limits, provider),
+                "Requests / tokens upstream's last rate-limit headers said remain.",
+            ),
+            (
+                "ratelimit.local.available",
+                partial(self.observe_limits, local),
+                "Requests / tokens the local limiter would admit now.",
+            ),
+        ):
+            meter.create_observable_gauge(
+                f"openai_runtime.{name}", callbacks=[callback], description=description
+            )
+
+    def _read(self, source: Callable[[], Any] | None) -> Any:
+        if source is None:
+            return None
+        try:
+            return source()
+        except Exception as exc:  # a broken gauge must not break the scrape
+            log.warning("telemetry gauge source failed: %s", type(exc).__name__)
+            return None
+
+    def observe_circuit(self, options: CallbackOptions) -> Iterable[Observation]:
+        state = self._read(self.circuit)
+        if state in CIRCUIT_VALUES:
+            attributes = {"state": state, **self.attributes}
+            yield Observation(CIRCUIT_VALUES[state], attributes)
+
+    def observe_limits(
+        self, keys: Mapping[str, str], options: CallbackOptions
+    ) -> Iterable[Observation]:
+        snapshot = self._read(self.limiter)
+        if not isinstance(snapshot, Mapping):
+            return
+        for kind, key in keys.items():
+            value = snapshot.get(key)
+            # None means unknown (no headers yet / no local limit): no point, not a zero.
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                yield Observation(value, {"kind": kind, **self.attributes})
