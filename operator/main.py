@@ -151,12 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def build_webhook_server(
-    args: argparse.Namespace, login: LoginFn = default_login
+    args: argparse.Namespace,
+    login: LoginFn = default_login,
+    settings: kopf.OperatorSettings | None = None,
 ) -> NamespacedWebhookServer:
     """The webhook server ``args`` ask for: on files, or on the shared self-signed certificate."""
     if args.webhook_cert_dir:
         return server_from_cert_dir(args.webhook_cert_dir, port=args.webhook_port)
-    info = login(logger=logging.getLogger(__name__))
+    # The same keywords kopf gives login handlers (its own login functions need them).
+    info = login(logger=logging.getLogger(__name__), settings=settings or kopf.OperatorSettings())
     if info is None:
         raise kopf.LoginError("no credentials for the Kubernetes API (in-cluster or kubeconfig)")
     api = KubeApi(info, token_source=service_account_token_source())
@@ -218,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = build_settings(workers=args.workers, standalone=args.standalone)
     if args.webhook_port:
         try:
-            settings.admission.server = asyncio.run(build_webhook_server(args))
+            settings.admission.server = asyncio.run(
+                build_webhook_server(args, default_login, settings)
+            )
         except (OSError, RuntimeError, KubeApiError, aiohttp.ClientError, kopf.LoginError) as exc:
             # OSError covers unreadable certificate files and a refused connection.
             log.error("Cannot prepare the admission webhook: %s", exc)

@@ -288,3 +288,15 @@ def test_self_signed_mode_needs_the_namespace(monkeypatch: pytest.MonkeyPatch) -
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         main(["--webhook-port", "70000"])
+
+
+async def test_self_signed_mode_without_credentials_is_a_login_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kopf's own login functions (the default) are called as kopf calls them."""
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    args = build_parser().parse_args(["--webhook-port", "9443", "--webhook-namespace", OPERATOR_NS])
+    with pytest.raises(kopf.LoginError):
+        await build_webhook_server(args)
