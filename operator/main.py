@@ -164,13 +164,13 @@ async def build_webhook_server(
         raise kopf.LoginError("no credentials for the Kubernetes API (in-cluster or kubeconfig)")
     api = KubeApi(info, token_source=service_account_token_source())
     try:
-        settings = SelfSignedSettings(
+        where = SelfSignedSettings(
             namespace=args.webhook_namespace,
             service=args.webhook_service,
             secret=args.webhook_secret,
             configuration=args.webhook_configuration,
         )
-        return await prepare_webhook(api, settings, port=args.webhook_port)
+        return await prepare_webhook(api, where, port=args.webhook_port)
     finally:
         await api.close()
 
