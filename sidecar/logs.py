@@ -61,6 +61,9 @@ def _json_default(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_json_default)
+
 _second: tuple[int, str] = (-1, "")
 """The last whole second and its text (one tuple, so threads never see halves)."""
 
@@ -101,7 +104,7 @@ class JsonFormatter(logging.Formatter):
             exc = record.exc_info[1]
             entry["exception"] = {"type": type(exc).__name__, "message": str(exc)}
         # No stack_info and no traceback: frames can hold request bodies.
-        return json.dumps(entry, ensure_ascii=False, default=_json_default)
+        return _ENCODER.encode(entry)
 
 
 class _JsonHandler(logging.StreamHandler[TextIO]):

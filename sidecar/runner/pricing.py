@@ -118,6 +118,11 @@ _ALIASES: Mapping[str, str] = MappingProxyType(
     }
 )
 
+# Resolved names are remembered per table (tables are immutable), so a call's
+# cost skips the suffix-stripping regexes; bounded, because upstream names the
+# model it answered with and that list must not grow without end.
+_RESOLVED_MAX = 1024
+
 _DATED = re.compile(r"^(.+)-\d{4}-\d{2}-\d{2}$")  # gpt-4o-2024-08-06
 _MMDD = re.compile(r"^(.+)-(\d{2})(\d{2})$")  # gpt-4-0613, gpt-3.5-turbo-0125
 
@@ -176,7 +181,7 @@ class PricingTable:
     a new table.
     """
 
-    __slots__ = ("_builtin", "_overrides")
+    __slots__ = ("_builtin", "_overrides", "_resolved")
 
     def __init__(
         self,
@@ -187,6 +192,7 @@ class PricingTable:
         self._overrides: Mapping[str, ModelPrice] = MappingProxyType(
             _normalise_keys(overrides or {})
         )
+        self._resolved: dict[str, tuple[str, ModelPrice] | None] = {}
 
     @classmethod
     def published(cls) -> PricingTable:
@@ -205,12 +211,20 @@ class PricingTable:
 
     def lookup(self, model: str) -> tuple[str, ModelPrice] | None:
         """The key and price for ``model``, or ``None`` when it does not resolve."""
+        resolved = self._resolved
+        if model in resolved:
+            return resolved[model]
+        found: tuple[str, ModelPrice] | None = None
         for key in _candidates(model):
             if key in self._overrides:
-                return key, self._overrides[key]
+                found = key, self._overrides[key]
+                break
             if key in self._builtin:
-                return key, self._builtin[key]
-        return None
+                found = key, self._builtin[key]
+                break
+        if len(resolved) < _RESOLVED_MAX:
+            resolved[model] = found
+        return found
 
     def cost(
         self,

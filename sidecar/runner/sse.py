@@ -58,6 +58,15 @@ def _decode(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
+# A stream decodes one frame per token, and a frozen dataclass's __init__
+# stores each field through object.__setattr__: filling the slots directly
+# builds the same frame in about a third of the time.
+_new = object.__new__
+_set_raw, _set_data, _set_event, _set_id, _set_retry, _set_comments = (
+    getattr(SSEFrame, name).__set__ for name in ("raw", "data", "event", "id", "retry", "comments")
+)
+
+
 class SSEDecoder:
     """Feed it bytes as they arrive; it returns the frames they complete.
 
@@ -171,16 +180,22 @@ class SSEDecoder:
 
     def _frame(self, raw: bytes) -> SSEFrame:
         data = self._data
-        frame = SSEFrame(
-            raw=raw,
-            # Joining before decoding: one decode call per frame, not per line.
-            data=_decode(b"\n".join(data)) if data else None,
-            event=self._event,
-            id=self._id,
-            retry=self._retry,
-            comments=tuple(self._comments),
-        )
-        self._reset_fields()
+        comments = self._comments
+        frame: SSEFrame = _new(SSEFrame)
+        _set_raw(frame, raw)
+        # Joining before decoding: one decode call per frame, not per line.
+        _set_data(frame, _decode(b"\n".join(data)) if data else None)
+        _set_event(frame, self._event)
+        _set_id(frame, self._id)
+        _set_retry(frame, self._retry)
+        _set_comments(frame, tuple(comments) if comments else ())
+        # The frame holds copies, so the lists are emptied for the next block
+        # rather than replaced by new ones.
+        if data:
+            data.clear()
+        if comments:
+            comments.clear()
+        self._event = self._id = self._retry = None
         return frame
 
     def _parse_line(self, line: bytes) -> None:

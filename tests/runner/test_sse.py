@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import pairwise
 
 from hypothesis import given, settings
@@ -395,3 +395,19 @@ _PIECES = st.sampled_from(
 def test_arbitrary_bytes_one_byte_chunks(stream: bytes) -> None:
     whole = decode(stream)
     assert decode_chunks(stream[i : i + 1] for i in range(len(stream))) == whole
+
+
+def test_decoded_frames_have_every_field_of_the_dataclass() -> None:
+    """The decoder fills frames slot by slot: a field added to SSEFrame must be filled too."""
+    decoder = SSEDecoder()
+    [frame] = decoder.feed(b": note\nevent: e\nid: 7\nretry: 10\ndata: x\n\n")
+    values = {f.name: getattr(frame, f.name) for f in fields(SSEFrame)}
+    assert frame == SSEFrame(**values)
+    assert values == {
+        "raw": b": note\nevent: e\nid: 7\nretry: 10\ndata: x\n\n",
+        "data": "x",
+        "event": "e",
+        "id": "7",
+        "retry": 10,
+        "comments": ("note",),
+    }
