@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from itertools import pairwise
 
 from hypothesis import given, settings
@@ -401,7 +402,7 @@ def test_decoded_frames_have_every_field_of_the_dataclass() -> None:
     """The decoder fills frames slot by slot: a field added to SSEFrame must be filled too."""
     decoder = SSEDecoder()
     [frame] = decoder.feed(b": note\nevent: e\nid: 7\nretry: 10\ndata: x\n\n")
-    values = {f.name: getattr(frame, f.name) for f in fields(SSEFrame)}
+    values = {f.name: getattr(frame, f.name) for f in dataclass_fields(SSEFrame)}
     assert frame == SSEFrame(**values)
     assert values == {
         "raw": b": note\nevent: e\nid: 7\nretry: 10\ndata: x\n\n",
