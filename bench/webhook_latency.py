@@ -34,6 +34,7 @@ import platform
 import socket
 import ssl
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -56,6 +57,11 @@ from openai_runtime_operator.webhooking import (
     server_from_certificate,
     service_hostnames,
 )
+
+# kopf in-process exactly as the operator tests run it (the repository's tests
+# package; the standard library's `operator` still wins over the folder).
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+from tests.operator.inprocess import InProcessKopf
 
 NS = "apps"
 OPERATOR_NS = "openai-runtime"
@@ -173,38 +179,15 @@ async def operator(emulator: Any, port: int) -> AsyncIterator[bytes]:
     settings = build_settings(standalone=True)
     settings.scanning.disabled = True
     settings.admission.server = server_from_certificate(cert, port=port, addr="127.0.0.1")
-    stop = asyncio.Event()
-    ignored = set(asyncio.all_tasks())
-    tasks = await kopf.spawn_tasks(
-        registry=build_registry(OperatorContext(), lambda **_: info, admission=True),
-        settings=settings,
-        clusterwide=True,
-        standalone=True,
-        stop_flag=stop,
+    kopf_run = InProcessKopf()
+    await kopf_run.start(
+        build_registry(OperatorContext(), lambda **_: info, admission=True), settings
     )
-    task = asyncio.create_task(kopf.run_tasks(tasks, ignored=ignored))
-    deadline = time.monotonic() + 10
-    while True:  # until the webhook server listens (after kopf's resource discovery)
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            break
-        except OSError:
-            if time.monotonic() > deadline or task.done():
-                raise RuntimeError("the webhook server did not start") from None
-            await asyncio.sleep(0.05)
     try:
+        await kopf_run.wait_listening(port, within=10)
         yield bundle
     finally:
-        ignored.update(
-            t
-            for t in asyncio.all_tasks()
-            if t is asyncio.current_task()
-            or getattr(t.get_coro(), "__qualname__", "").startswith("RequestHandler.")
-        )
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
+        await kopf_run.close()
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -8,7 +8,6 @@ result asserted on.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import copy
@@ -42,6 +41,7 @@ from openai_runtime_operator.models import (
 from openai_runtime_operator.registry import build_registry, build_settings
 
 from ..support import apply_patch
+from .inprocess import InProcessKopf
 from .test_operator import NS, RUNTIMES, pod, runtime
 
 FINGERPRINT = "sha256:1a2b3c4d5e6f"
@@ -258,40 +258,13 @@ async def serving(kmock: Any, server: kopf.WebhookServer, port: int) -> AsyncIte
     settings.scanning.disabled = True
     settings.watching.server_timeout = 10
     settings.admission.server = server
-    stop = asyncio.Event()
-    ignored: set[asyncio.Task[Any]] = set(asyncio.all_tasks())
-    tasks = await kopf.spawn_tasks(
-        registry=build_registry(ctx, login, admission=True),
-        settings=settings,
-        clusterwide=True,
-        standalone=True,
-        stop_flag=stop,
-    )
-    task = asyncio.create_task(kopf.run_tasks(tasks, ignored=ignored))
-    # Wait until the server listens (after kopf's resource discovery).
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while True:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            break
-        except OSError:
-            if loop.time() > deadline or task.done():
-                raise AssertionError("webhook server did not start") from None
-            await asyncio.sleep(0.02)
+    kopf_run = InProcessKopf()
+    await kopf_run.start(build_registry(ctx, login, admission=True), settings)
     try:
+        await kopf_run.wait_listening(port)
         yield
     finally:
-        ignored.update(
-            t
-            for t in asyncio.all_tasks()
-            if t is asyncio.current_task()
-            or getattr(t.get_coro(), "__qualname__", "").startswith("RequestHandler.")
-        )
-        stop.set()
-        await asyncio.wait_for(task, timeout=10)
+        await kopf_run.close()
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.runner.credentials import fingerprint
 
 from ..support import NEW_KEY, OLD_KEY
+from .inprocess import InProcessKopf
 
 NS = "apps"
 RUNTIMES = "infer.atomr.io/v1alpha1/openairuntimes"
@@ -182,38 +183,18 @@ async def operator(declare: Any) -> AsyncIterator[Cluster]:
     settings.scanning.disabled = True
     settings.watching.server_timeout = 10
     settings.posting.level = 0
-    stop = asyncio.Event()
-    task: asyncio.Task[None] | None = None
-    # kopf cancels tasks spawned while it ran ("hung"); the fixture's teardown is one.
-    ignored: set[asyncio.Task[Any]] = set(asyncio.all_tasks())
+    kopf_run = InProcessKopf()
     cluster = Cluster(kmock)
 
     async def start() -> None:
-        nonlocal task
-        tasks = await kopf.spawn_tasks(
-            registry=build_registry(ctx, login),
-            settings=settings,
-            clusterwide=True,
-            standalone=True,
-            stop_flag=stop,
-        )
-        task = asyncio.create_task(kopf.run_tasks(tasks, ignored=ignored))
+        await kopf_run.start(build_registry(ctx, login), settings)
 
     cluster.start = start  # type: ignore[method-assign]
     cluster.ctx = ctx
     try:
         yield cluster
     finally:
-        # Not kopf's to cancel: this teardown and kmock's server connection handlers.
-        ignored.update(
-            t
-            for t in asyncio.all_tasks()
-            if t is asyncio.current_task()
-            or getattr(t.get_coro(), "__qualname__", "").startswith("RequestHandler.")
-        )
-        stop.set()
-        if task is not None:
-            await asyncio.wait_for(task, timeout=10)
+        await kopf_run.close()
         assert_no_key_leaked(kmock)
 
 
