@@ -76,13 +76,26 @@ def ttft_of(results: dict[str, Any], target: str, c: int) -> dict[str, Any] | No
     return next((dict(t) for t in data["ttft"] if t["concurrency"] == c), None)
 
 
+def _verdict(ok: bool, margin: str) -> str:
+    return f"PASS ({margin})" if ok else f"MISS ({margin})"
+
+
+def _at_most(
+    label: str, value: float, goal: float, unit: str, digits: int, *, signed: bool = False
+) -> tuple[str, str, str, str]:
+    """A row for a target that caps ``value`` at ``goal`` (latency, time, memory)."""
+    sign = "+" if signed else ""
+    return (
+        label,
+        f"{value:{sign}.{digits}f} {unit}",
+        f"<= {goal:g} {unit}",
+        _verdict(value <= goal, f"{value - goal:+.{digits}f} {unit}"),
+    )
+
+
 def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(target, measured, goal, verdict) rows."""
     rows: list[tuple[str, str, str, str]] = []
-
-    def verdict(ok: bool, margin: str) -> str:
-        return f"PASS ({margin})" if ok else f"MISS ({margin})"
-
     for stream in (False, True):
         mode = "stream" if stream else "non-stream"
         for c in (32, 128):
@@ -94,7 +107,7 @@ def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         f"throughput vs bare, {mode}, c={c}",
                         f"{ratio:.0%}",
                         ">= 70%",
-                        verdict(ratio >= 0.7, f"{(ratio - 0.7) * 100:+.0f} points"),
+                        _verdict(ratio >= 0.7, f"{(ratio - 0.7) * 100:+.0f} points"),
                     )
                 )
             if side and lite and lite["rps"] > 0:
@@ -104,7 +117,7 @@ def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         f"throughput vs LiteLLM, {mode}, c={c}",
                         f"{ratio:.1f}x",
                         ">= 20x",
-                        verdict(ratio >= 20, f"{ratio / 20:.2f} of goal"),
+                        _verdict(ratio >= 20, f"{ratio / 20:.2f} of goal"),
                     )
                 )
             elif side:
@@ -114,64 +127,25 @@ def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         side, direct = cell(results, "sidecar", stream, 1), cell(results, "direct", stream, 1)
         if side and direct:
             for key, goal in (("p50_ms", 0.5), ("p99_ms", 1.5)):
-                added = side[key] - direct[key]
-                rows.append(
-                    (
-                        f"added latency {key[:3]}, {mode}, c=1",
-                        f"{added:.3f} ms",
-                        f"<= {goal} ms",
-                        verdict(added <= goal, f"{added - goal:+.3f} ms"),
-                    )
-                )
+                label = f"added latency {key[:3]}, {mode}, c=1"
+                rows.append(_at_most(label, side[key] - direct[key], goal, "ms", 3))
     side, direct = ttft_of(results, "sidecar", 1), ttft_of(results, "direct", 1)
     if side and direct:
         added = side["ttft_p50_ms"] - direct["ttft_p50_ms"]
-        rows.append(
-            (
-                "added time to first token p50, c=1",
-                f"{added:.3f} ms",
-                "<= 1 ms",
-                verdict(added <= 1.0, f"{added - 1.0:+.3f} ms"),
-            )
-        )
+        rows.append(_at_most("added time to first token p50, c=1", added, 1, "ms", 3))
     start = results.get("startup")
     if start:
-        idle = start["idle_rss_median_mb"]
-        rows.append(
-            ("idle RSS", f"{idle:.1f} MB", "<= 45 MB", verdict(idle <= 45, f"{idle - 45:+.1f} MB"))
-        )
+        rows.append(_at_most("idle RSS", start["idle_rss_median_mb"], 45, "MB", 1))
         ready = start["ready_median_s"]
-        rows.append(
-            (
-                "start to /readyz 200 (median)",
-                f"{ready:.2f} s",
-                "<= 1 s",
-                verdict(ready <= 1, f"{ready - 1:+.2f} s"),
-            )
-        )
+        rows.append(_at_most("start to /readyz 200 (median)", ready, 1, "s", 2))
     sidecar = results["targets"].get("sidecar", {})
     peaks = [c["peak_rss_mb"] for c in sidecar.get("cells", []) if c.get("peak_rss_mb")]
     if peaks:
-        peak = max(peaks)
-        rows.append(
-            (
-                "RSS under load (peak)",
-                f"{peak:.1f} MB",
-                "<= 80 MB",
-                verdict(peak <= 80, f"{peak - 80:+.1f} MB"),
-            )
-        )
+        rows.append(_at_most("RSS under load (peak)", max(peaks), 80, "MB", 1))
     drift = results.get("drift")
     if drift:
-        d = drift["drift_mb"]
-        rows.append(
-            (
-                f"RSS drift over {drift['requests'] // 1000}k requests",
-                f"{d:+.1f} MB",
-                "<= 5 MB",
-                verdict(d <= 5, f"{d - 5:+.1f} MB"),
-            )
-        )
+        label = f"RSS drift over {drift['requests'] // 1000}k requests"
+        rows.append(_at_most(label, drift["drift_mb"], 5, "MB", 1, signed=True))
     return rows
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -13,7 +16,7 @@ OLD_KEY = "sk-test-old-0000000000000000"
 NEW_KEY = "sk-test-new-1111111111111111"
 
 
-__all__ = ["NEW_KEY", "OLD_KEY", "SecretVolume", "apply_patch", "points"]
+__all__ = ["NEW_KEY", "OLD_KEY", "SecretVolume", "apply_patch", "points", "unaccepting_port"]
 
 
 def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
@@ -59,3 +62,28 @@ def apply_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
         else:
             raise AssertionError(f"unexpected op {op}")
     return doc
+
+
+@contextlib.contextmanager
+def unaccepting_port() -> Iterator[int]:
+    """A loopback port whose connects hang: the connect phase, with no real network.
+
+    A listener with a full accept queue drops new SYNs, so connecting to it
+    neither succeeds nor fails until the client gives up.
+    """
+    server = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = int(server.getsockname()[1])
+        for _ in range(4):
+            filler = socket.socket()
+            fillers.append(filler)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        yield port
+    finally:
+        for sock in [*fillers, server]:
+            sock.close()

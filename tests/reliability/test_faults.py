@@ -10,10 +10,8 @@ runs on a :class:`ManualClock`; timeouts are the one place real time passes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
-import socket
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from aiohttp import web
 
 from openai_runtime_sidecar.runner import ManualClock, UpstreamTimeout
 
+from ..support import unaccepting_port
 from .harness import (
     CHAT,
     Answer,
@@ -329,19 +328,7 @@ async def test_hangs_past_each_timeout(
 
 
 async def test_connect_timeout_against_a_listener_that_never_accepts(tmp_path: Path) -> None:
-    # A listener with a full accept queue drops new SYNs: connecting hangs.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    try:
+    with unaccepting_port() as port:
         async with running(
             tmp_path,
             variant={"direct": {"endpoint": f"http://127.0.0.1:{port}/v1"}},
@@ -360,9 +347,6 @@ async def test_connect_timeout_against_a_listener_that_never_accepts(tmp_path: P
             assert_local_error(answer, 504, "upstream_timeout", attempts="1")
             (info,) = [i for i in rig.calls if i.error is not None]
             assert isinstance(info.error, UpstreamTimeout) and info.error.phase == "connect"
-    finally:
-        for sock in [*fillers, server]:
-            sock.close()
 
 
 # -- the breaker ------------------------------------------------------------------

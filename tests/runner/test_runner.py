@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -30,7 +28,7 @@ from openai_runtime_sidecar.runner import (
     UpstreamUnavailable,
     fingerprint,
 )
-from tests.support import NEW_KEY, OLD_KEY, SecretVolume
+from tests.support import NEW_KEY, OLD_KEY, SecretVolume, unaccepting_port
 
 MESSAGES = [{"role": "user", "content": "Say hello to the operator"}]
 
@@ -527,35 +525,21 @@ async def test_reconfigure_keeps_breaker_state_unless_its_settings_change(
 async def test_connect_timeout_against_a_listener_that_never_accepts(
     secret_dir: SecretVolume,
 ) -> None:
-    # A listener with a full accept queue drops new SYNs, so connecting hangs:
-    # the connect phase, on loopback, without any real network.
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(0)
-    port = server.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        filler = socket.socket()
-        filler.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            filler.connect(("127.0.0.1", port))
-        fillers.append(filler)
-    config = OpenAiConfig.model_validate(
-        {
-            "variant": {"direct": {"endpoint": f"http://127.0.0.1:{port}/v1"}},
-            "apiKey": {"file": str(secret_dir.path)},
-            "retry": {"maxAttempts": 1},
-            "timeouts": {"connect": "150ms"},
-        }
-    )
-    store = CredentialStore(config.api_key)
-    store.load()
-    runner = OpenAiRunner(config, store, clock=ManualClock())
-    try:
-        with pytest.raises(UpstreamTimeout) as caught:
-            await runner.chat(body())
-        assert caught.value.phase == "connect"
-    finally:
-        await runner.aclose()
-        for sock in [*fillers, server]:
-            sock.close()
+    with unaccepting_port() as port:
+        config = OpenAiConfig.model_validate(
+            {
+                "variant": {"direct": {"endpoint": f"http://127.0.0.1:{port}/v1"}},
+                "apiKey": {"file": str(secret_dir.path)},
+                "retry": {"maxAttempts": 1},
+                "timeouts": {"connect": "150ms"},
+            }
+        )
+        store = CredentialStore(config.api_key)
+        store.load()
+        runner = OpenAiRunner(config, store, clock=ManualClock())
+        try:
+            with pytest.raises(UpstreamTimeout) as caught:
+                await runner.chat(body())
+            assert caught.value.phase == "connect"
+        finally:
+            await runner.aclose()
