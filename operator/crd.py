@@ -2,7 +2,7 @@
 
 ``openai-runtime crd`` prints it; ``--output FILE`` (repeatable) writes it, and
 ``--check`` reports files that differ from what would be written. The copies in
-``deploy/`` and the Helm chart are this output, kept in sync by a test.
+``deploy/base/`` and the Helm chart are this output, kept in sync by a test.
 
 pydantic's JSON schema is turned into a *structural* OpenAPI v3 schema, as the
 API server requires: ``$ref`` resolved inline, every node typed, no ``anyOf``
@@ -50,7 +50,7 @@ __all__ = ["PRINTER_COLUMNS", "RULES", "SchemaError", "build_crd", "main", "rend
 Schema = dict[str, Any]
 
 REGENERATE = (
-    "openai-runtime crd --output deploy/crd.yaml "
+    "openai-runtime crd --output deploy/base/crd.yaml "
     "--output charts/openai-runtime/crds/openairuntimes.yaml"
 )
 _HEADER = (

@@ -4,8 +4,10 @@ Rendered offline with ``helm_python`` (Helm's Go SDK, no cluster): every object
 of every value set is validated against the Kubernetes OpenAPI schemas of
 ``kubernetes-validate``; kinds defined by CRDs (kopf, cert-manager,
 prometheus-operator) get a shape check instead. Installed as the release
-"openai-runtime", the chart must give the same objects as the kustomize base
-deploy/ (minus the Namespace and the CRDs, which Helm handles itself).
+"openai-runtime", the chart must give the same objects as ``kubectl apply -k
+deploy/`` (minus the Namespace and the CRDs, which Helm handles itself); deploy/
+is built with the real ``kubectl kustomize``, and those comparisons skip where
+kubectl is missing.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
+from .. import kustomize
+
 helm = pytest.importorskip("helm_python")
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
 CHART = ROOT / "charts" / "openai-runtime"
 DASHBOARD = CHART / "dashboards" / "openai-runtime.json"
 RELEASE = "openai-runtime"
@@ -200,23 +203,21 @@ def _group(obj: Obj) -> str:
     return obj["apiVersion"].rpartition("/")[0]
 
 
+def _is_watched_namespace_rbac(obj: Obj) -> bool:
+    """A Role or RoleBinding granting the operator its rights in one watched namespace."""
+    return obj["kind"] in {"Role", "RoleBinding"} and obj["metadata"]["name"].endswith("-operator")
+
+
 # --- deploy/, the reference --------------------------------------------------------------
 
 
 def _deploy_objects() -> list[Obj]:
-    objs = []
-    for path in sorted(DEPLOY.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        objs.extend(d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d)
-    return objs
-
-
-DEPLOYED = _deploy_objects()
+    """What ``kubectl apply -k deploy/`` applies (skips the test without kubectl)."""
+    return kustomize.build(kustomize.DEPLOY)
 
 
 def _deployed(kind: str) -> Obj:
-    return _one(DEPLOYED, kind)
+    return _one(_deploy_objects(), kind)
 
 
 # --- every object of every value set ----------------------------------------------------
@@ -241,7 +242,7 @@ def test_rendered_objects_have_identity(objects: Any, value_set: str) -> None:
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
         assert meta["labels"]["app.kubernetes.io/instance"] == RELEASE
         assert meta["labels"]["helm.sh/chart"] == "openai-runtime-0.1.0"
-        if obj["kind"] == "KopfPeering":
+        if obj["kind"] == "KopfPeering" or _is_watched_namespace_rbac(obj):
             assert meta["namespace"] in VALUE_SETS[value_set]["watchNamespaces"]  # type: ignore[index]
         elif obj["kind"] == "ConfigMap":
             assert meta["namespace"] == "grafana"
@@ -291,6 +292,26 @@ def test_custom_resources_have_their_shape(objects: Any, value_set: str) -> None
             assert isinstance(obj["spec"], dict) and obj["spec"], obj["kind"]
 
 
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_probes_ask_the_ports_that_serve_them(objects: Any, value_set: str) -> None:
+    """Liveness: kopf's /healthz. Readiness: the operator's /readyz, on --metrics-port.
+
+    /readyz answers once the admission webhook listens, so a replica joins the
+    webhook Service only when it can take the API server's calls.
+    """
+    container = _container(objects(value_set))
+    flags = _flags(container["args"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    liveness = container["livenessProbe"]["httpGet"]
+    assert flags["--liveness"] == f"http://0.0.0.0:{ports[liveness['port']]}{liveness['path']}"
+    readiness = container["readinessProbe"]["httpGet"]
+    assert readiness["path"] == "/readyz"
+    assert str(ports[readiness["port"]]) == flags["--metrics-port"]
+    env = {e["name"]: e for e in container["env"]}
+    # kopf's peering identity: the pod's name, unique per replica.
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
 def test_images_are_pinned(objects: Any) -> None:
     for value_set in VALUE_SETS:
         image = _container(objects(value_set))["image"]
@@ -304,7 +325,7 @@ def test_default_render_has_the_objects_of_deploy(objects: Any) -> None:
     rendered = {(o["kind"], o["metadata"]["name"]) for o in objects("default")}
     deployed = {
         (o["kind"], o["metadata"]["name"])
-        for o in DEPLOYED
+        for o in _deploy_objects()
         if o["kind"] not in {"Namespace", "CustomResourceDefinition"}
     }
     assert rendered == deployed
@@ -312,7 +333,8 @@ def test_default_render_has_the_objects_of_deploy(objects: Any) -> None:
 
 def test_default_render_uses_the_namespaces_of_deploy(objects: Any) -> None:
     deployed = {
-        (o["kind"], o["metadata"]["name"]): o["metadata"].get("namespace") for o in DEPLOYED
+        (o["kind"], o["metadata"]["name"]): o["metadata"].get("namespace")
+        for o in _deploy_objects()
     }
     for obj in objects("default"):
         key = (obj["kind"], obj["metadata"]["name"])
@@ -320,7 +342,7 @@ def test_default_render_uses_the_namespaces_of_deploy(objects: Any) -> None:
 
 
 def test_default_labels_include_those_of_deploy(objects: Any) -> None:
-    deployed = {(o["kind"], o["metadata"]["name"]): o for o in DEPLOYED}
+    deployed = {(o["kind"], o["metadata"]["name"]): o for o in _deploy_objects()}
     for obj in objects("default"):
         want = deployed[(obj["kind"], obj["metadata"]["name"])]["metadata"].get("labels", {})
         assert want.items() <= obj["metadata"]["labels"].items(), obj["kind"]
@@ -419,7 +441,7 @@ def test_default_deployment_is_deploys(objects: Any) -> None:
 
 def test_default_args(objects: Any) -> None:
     args = _container(objects("default"))["args"]
-    want = _container(DEPLOYED)["args"]
+    want = _container(_deploy_objects())["args"]
     assert args[:2] == ["operator", "-A"] == want[:2]
     assert _flags(want).items() <= _flags(args).items()
     assert _flags(args) == {
@@ -507,6 +529,69 @@ def test_namespaced_never_injects_into_the_release_namespace(chart: Any) -> None
     assert _container(objs)["args"][1:7] == ["-n", "a", "-n", NAMESPACE, "-n", "kube-system"]
     with pytest.raises(helm.HelmRenderError, match="leaves no namespace"):
         chart.render({"watchNamespaces": [NAMESPACE]}, name=RELEASE, namespace=NAMESPACE)
+
+
+def _grants(rules: list[Obj]) -> dict[tuple[str, str], set[str]]:
+    """{(apiGroup, resource): verbs} of RBAC rules."""
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+def test_namespaced_grants_namespaced_rights_only_in_the_watched_namespaces(objects: Any) -> None:
+    """Secrets, ConfigMaps, pods, Events, runtimes and peerings: a Role in each watched namespace.
+
+    The ClusterRole keeps what has no namespace: the CRDs (kopf's scanning), the
+    namespaces (kopf lists and watches them when it runs with -n) and the one
+    webhook configuration.
+    """
+    objs = objects("namespaced")
+    assert _grants(_one(objs, "ClusterRole")["rules"]) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+        ("", "namespaces"): {"list", "watch"},
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations"): {"get", "patch"},
+    }
+    cluster_level = {
+        "customresourcedefinitions",
+        "clusterkopfpeerings",
+        "mutatingwebhookconfigurations",
+    }
+    cluster_wide = _grants(_one(objects("default"), "ClusterRole")["rules"])
+    wanted = {key: verbs for key, verbs in cluster_wide.items() if key[1] not in cluster_level}
+    assert ("", "secrets") in wanted and ("kopf.dev", "kopfpeerings") in wanted
+    roles = {
+        r["metadata"]["namespace"]: r for r in _find(objs, "Role") if _is_watched_namespace_rbac(r)
+    }
+    bindings = {
+        b["metadata"]["namespace"]: b
+        for b in _find(objs, "RoleBinding")
+        if _is_watched_namespace_rbac(b)
+    }
+    assert roles.keys() == bindings.keys() == {"a", "b"}
+    account = _pod_template(_one(objs, "Deployment"))["spec"]["serviceAccountName"]
+    for namespace, role in roles.items():
+        assert _grants(role["rules"]) == wanted, namespace
+        binding = bindings[namespace]
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+        ]
+
+
+def test_namespaced_operator_still_reads_its_own_certificate(objects: Any) -> None:
+    """The release namespace need not be watched: the certificate's Role grants the read."""
+    (role,) = [r for r in _find(objects("namespaced"), "Role") if not _is_watched_namespace_rbac(r)]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    (named,) = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named["resourceNames"] == ["openai-runtime-webhook-tls"]
+    assert set(named["verbs"]) == {"get", "patch"}
 
 
 def _assert_reads_its_certificate(objs: list[Obj], secret: str) -> None:
@@ -716,7 +801,13 @@ def test_custom_values(objects: Any) -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"healthz": 8080, "metrics": 9100, "webhook": 10443}
     env = [e["name"] for e in container["env"]]
-    assert env == ["PYTHONUNBUFFERED", "POD_NAMESPACE", "OTEL_EXPORTER_OTLP_ENDPOINT", "NODE"]
+    assert env == [
+        "PYTHONUNBUFFERED",
+        "POD_NAMESPACE",
+        "POD_ID",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "NODE",
+    ]
     account = _one(objs, "ServiceAccount")
     assert account["metadata"]["name"] == "oair"
     assert account["metadata"]["annotations"] == {"example.com/role": "oair"}
@@ -809,6 +900,8 @@ BAD_VALUES = {
     "unknown-in-image": {"image": {"digest": "sha256:0"}},
     "string-port": {"webhook": {"port": "9443"}},
     "port-too-big": {"metrics": {"port": 70000}},
+    # The metrics port also serves /readyz, the readiness probe: it cannot be off.
+    "metrics-port-off": {"metrics": {"port": 0}},
     "port-zero": {"operator": {"sidecarAdminPort": 0}},
     "timeout-too-long": {"webhook": {"timeoutSeconds": 31}},
     "zero-workers": {"operator": {"workers": 0}},
@@ -917,8 +1010,16 @@ def _crds(text: str) -> list[Obj]:
 
 def test_kopf_peering_crds_equal_deploy() -> None:
     chart_crds = _crds((CHART / "crds" / "kopf-peering.yaml").read_text(encoding="utf-8"))
-    deployed = _crds((DEPLOY / "peering.yaml").read_text(encoding="utf-8"))
-    assert chart_crds == deployed
+    deployed = [
+        o
+        for o in _deploy_objects()
+        if o["kind"] == "CustomResourceDefinition" and o["spec"]["group"] == "kopf.dev"
+    ]
+
+    def name(crd: Obj) -> str:
+        return str(crd["metadata"]["name"])
+
+    assert sorted(chart_crds, key=name) == sorted(deployed, key=name)
     assert {c["metadata"]["name"] for c in chart_crds} == {
         "clusterkopfpeerings.kopf.dev",
         "kopfpeerings.kopf.dev",
@@ -927,5 +1028,7 @@ def test_kopf_peering_crds_equal_deploy() -> None:
 
 def test_chart_ships_every_crd_of_deploy(chart: Any) -> None:
     shipped = {d["metadata"]["name"] for crd in chart.crds for d in _crds(crd["data"])}
-    deployed = {o["metadata"]["name"] for o in DEPLOYED if o["kind"] == "CustomResourceDefinition"}
+    deployed = {
+        o["metadata"]["name"] for o in _deploy_objects() if o["kind"] == "CustomResourceDefinition"
+    }
     assert shipped == deployed

@@ -142,7 +142,7 @@ def _run_labelled_pod(kube: Kube, name: str, *extra: str) -> Any:
 
 @pytest.fixture(scope="module")
 def installed(kube: Kube, images: None) -> Kube:
-    base = plan.parse_all(kube("kustomize", str(plan.DEPLOY)).stdout)
+    base = plan.base_objects()
     crds, rest = plan.install_objects(base)
     kube.apply(crds)
     for crd in crds:

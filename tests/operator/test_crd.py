@@ -41,7 +41,7 @@ from openai_runtime_sidecar.runner.config import TimeoutSettings
 from .k8sschema import CEL, cel_errors, json_schema, rules, schema_errors, structural_problems
 
 ROOT = Path(__file__).resolve().parents[2]
-COPIES = [ROOT / "deploy" / "crd.yaml", ROOT / "charts/openai-runtime/crds/openairuntimes.yaml"]
+COPIES = [ROOT / "deploy/base/crd.yaml", ROOT / "charts/openai-runtime/crds/openairuntimes.yaml"]
 EXAMPLES = ["runtime-direct.yaml", "runtime-azure.yaml"]
 INVALID_DIR = Path(__file__).parent / "invalid"
 

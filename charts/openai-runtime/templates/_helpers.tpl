@@ -1,6 +1,6 @@
 {{/*
 Names. With the release called "openai-runtime" (the recommended name) every
-object is named exactly as in the kustomize base deploy/:
+object is named exactly as in the kustomize base deploy/base/:
   <fullname>-operator      Deployment, ServiceAccount, ClusterRole(Binding), PDB
   <fullname>-webhook       the webhook Service (and the cert-manager Certificate)
   <fullname>               the MutatingWebhookConfiguration and the kopf peering
@@ -163,4 +163,38 @@ Rendered as a YAML list; fails when nothing is left.
 {{- fail (printf "watchNamespaces %v leaves no namespace for the webhook to inject into: the release namespace %s, kube-system and webhook.excludeNamespaces are never injected" .Values.watchNamespaces .Release.Namespace) }}
 {{- end }}
 {{- toYaml $left }}
+{{- end }}
+
+{{/*
+The operator's rules on namespaced objects: in the ClusterRole of a cluster-wide
+install, in a Role per watched namespace with watchNamespaces.
+*/}}
+{{- define "openai-runtime.namespacedRules" -}}
+# Reconcile runtimes; kopf keeps its progress and diff-base in annotations (patch).
+- apiGroups: ["infer.atomr.io"]
+  resources: ["openairuntimes"]
+  verbs: ["get", "list", "watch", "patch"]
+# Conditions, observedGeneration, credential fingerprint, convergence.
+- apiGroups: ["infer.atomr.io"]
+  resources: ["openairuntimes/status"]
+  verbs: ["patch"]
+# The rendered sidecar config, one ConfigMap per runtime, owned by it (garbage
+# collection deletes it). Its ownerReference says blockOwnerDeletion: false, so
+# nothing on openairuntimes/finalizers (OwnerReferencesPermissionEnforcement,
+# on by default on OpenShift, would demand update there otherwise).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
+# Fingerprint the referenced key and see rotations. Read-only.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+# Find a runtime's pods (convergence) and annotate them on rotation.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "patch"]
+# Normal and Warning Events on runtimes.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
 {{- end }}
