@@ -4,12 +4,14 @@ kopf calls :func:`reconcile` when a runtime is created, updated or found on
 start-up (resume), and from the resync loop (:mod:`.resync`). It validates the spec with
 the pydantic model, renders the sidecar config into the ConfigMap
 ``<runtime>-openai-runtime`` (owned by the runtime, created or patched only
-when it differs), looks up the referenced Secret key, and writes the status
-itself under the runtime's lock (never through handler results, which kopf
-would store under ``status`` where the CRD's schema prunes them).
+when it differs) and looks up the referenced Secret key, all as the
+observation of :func:`.status.write_status`, which writes the status itself
+under the runtime's lock (never through handler results, which kopf would
+store under ``status`` where the CRD's schema prunes them).
 
 An invalid spec is a verdict, not a failure: Ready=False with reason
-InvalidSpec and a Warning Event, and the handler returns normally so kopf
+InvalidSpec and a Warning Event (:mod:`.posting`, which works outside kopf's
+handlers too), and the handler returns normally so kopf
 does not retry in a loop. A key that changed since the status was written is
 a rotation (:mod:`.rotation` does the nudging); the Secret watch usually sees
 it first. The key never leaves :func:`.status.resolve_credential`.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -28,21 +29,29 @@ from pydantic import ValidationError
 
 from .context import OperatorContext
 from .kubeapi import KubeApiError, resource_path
-from .models import API_VERSION, CONDITION_READY, PLURAL, OpenAiRuntimeSpec, render_sidecar_config
+from .models import (
+    CONDITION_CREDENTIAL_RESOLVED,
+    CONDITION_READY,
+    OpenAiRuntimeSpec,
+    render_sidecar_config,
+)
+from .posting import post_event
 from .rotation import after_rotation, as_body
 from .status import (
     CredentialResolution,
+    Observation,
+    SpecVerdict,
     StatusChange,
-    dump_status,
-    load_status,
-    next_status,
+    StatusWrite,
     resolve_credential,
+    write_status,
 )
 
 __all__ = [
     "CONFIG_KEY",
     "configmap_name",
     "ensure_configmap",
+    "parse_spec",
     "reconcile",
     "render_configmap",
 ]
@@ -80,13 +89,18 @@ def render_configmap(
         },
         "data": {CONFIG_KEY: text},
     }
-    kopf.append_owner_reference(body, owner=as_body(owner))
+    # Not blocking: garbage collection deletes the ConfigMap with its runtime all
+    # the same, and blockOwnerDeletion: true would need `update` on
+    # openairuntimes/finalizers wherever OwnerReferencesPermissionEnforcement
+    # runs (OpenShift turns it on).
+    kopf.append_owner_reference(body, owner=as_body(owner), block_owner_deletion=False)
     return body
 
 
-def _owned_by(existing: Mapping[str, Any], uid: str | None) -> bool:
+def _owned_by(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """``existing`` carries exactly the desired reference (an older, blocking one is redone)."""
     refs = existing.get("metadata", {}).get("ownerReferences") or []
-    return any(isinstance(ref, Mapping) and ref.get("uid") == uid for ref in refs)
+    return any(isinstance(ref, Mapping) and dict(ref) == dict(desired) for ref in refs)
 
 
 async def ensure_configmap(ctx: OperatorContext, desired: Mapping[str, Any]) -> str:
@@ -108,7 +122,7 @@ async def ensure_configmap(ctx: OperatorContext, desired: Mapping[str, Any]) -> 
     uid = meta["ownerReferences"][0].get("uid")
     if (
         data == desired["data"]
-        and _owned_by(existing, uid)
+        and _owned_by(existing, meta["ownerReferences"][0])
         and all(labels.get(k) == v for k, v in meta["labels"].items())
     ):
         return "unchanged"
@@ -151,8 +165,13 @@ def _secret_ref(spec: Mapping[str, Any]) -> tuple[str, str] | None:
     return ref["name"], key if isinstance(key, str) else "api-key"
 
 
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+def parse_spec(spec: Mapping[str, Any], generation: Any) -> SpecVerdict:
+    """The verdict on a spec: the parsed model, or which fields are invalid."""
+    generation = generation if isinstance(generation, int) else None
+    try:
+        return SpecVerdict(generation, OpenAiRuntimeSpec.model_validate(dict(spec)))
+    except ValidationError as exc:
+        return SpecVerdict(generation, None, describe_spec_error(exc))
 
 
 async def reconcile(
@@ -168,10 +187,10 @@ async def reconcile(
     """Bring the ConfigMap and the status in line with the spec and the Secret.
 
     The status is read and written under the runtime's lock, straight through
-    the API: kopf applies a handler's ``patch`` only after the handler returns,
-    outside any lock, where it could overwrite a rotation that the Secret watch
-    recorded meanwhile. None when the runtime is gone. Traced as
-    ``reconcile <namespace>/<name>`` and counted by result.
+    the API (:func:`.status.write_status`): kopf applies a handler's ``patch``
+    only after the handler returns, outside any lock, where it could overwrite
+    a rotation that the Secret watch recorded meanwhile. None when the runtime
+    is gone. Traced as ``reconcile <namespace>/<name>`` and counted by result.
     """
     with ctx.telemetry.span("reconcile", namespace, name) as span:
         try:
@@ -197,61 +216,63 @@ async def _reconcile(
     name: str,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> StatusChange | None:
-    generation = meta.get("generation")
-    generation = generation if isinstance(generation, int) else None
-    parsed: OpenAiRuntimeSpec | None = None
-    invalid: str | None = None
-    try:
-        parsed = OpenAiRuntimeSpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        invalid = describe_spec_error(exc)
-    path = resource_path(API_VERSION, PLURAL, namespace, name)
-    resolution: CredentialResolution | None = None
-    async with ctx.lock(namespace, name):
-        fresh = await ctx.api.get(path)
-        if fresh is None:
-            return None
-        previous = load_status(fresh.get("status"))
-        if parsed is not None:
-            outcome = await ensure_configmap(ctx, render_configmap(body, namespace, name, parsed))
+    verdict = parse_spec(spec, meta.get("generation"))
+    ref = _secret_ref(spec)
+
+    async def observe(runtime: Mapping[str, Any]) -> Observation:
+        if verdict.spec is not None:
+            # The object as read now owns the ConfigMap: its uid is the current
+            # one even if the runtime was recreated since kopf's event.
+            owner = runtime if runtime.get("apiVersion") and runtime.get("kind") else body
+            desired = render_configmap(owner, namespace, name, verdict.spec)
+            outcome = await ensure_configmap(ctx, desired)
             if outcome != "unchanged":
                 logger.info("ConfigMap %s %s", configmap_name(name), outcome)
-        ref = _secret_ref(spec)
+        resolution: CredentialResolution | None = None
         if ref is not None:
             secret = await fetch_secret(ctx, namespace, ref[0])
             resolution = resolve_credential(ref[0], ref[1], secret)
-        change = next_status(
-            previous,
-            generation=generation,
-            spec=parsed,
-            invalid_reason=invalid,
-            credential=resolution,
-            now=_now(),
-        )
-        new = dump_status(change.status)
-        if new != dump_status(previous):
-            await ctx.api.merge_patch(f"{path}/status", {"status": new})
-    _report(body, change, resolution, generation != previous.observed_generation)
-    if change.rotated:
-        await after_rotation(ctx, body, change.status, logger)
-    return change
+        return Observation(spec=verdict, credential=resolution)
+
+    written = await write_status(ctx, namespace, name, observe)
+    if written is None:
+        return None
+    new_generation = verdict.generation != written.previous.observed_generation
+    await _report(ctx, written, new_generation, logger)
+    if written.change.rotated:
+        await after_rotation(ctx, written.runtime, written.change.status, logger)
+    return written.change
 
 
-def _report(
-    body: kopf.Body,
-    change: StatusChange,
-    resolution: CredentialResolution | None,
+async def _report(
+    ctx: OperatorContext,
+    written: StatusWrite,
     new_generation: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
-    """Events for verdicts that changed (and again for each new generation)."""
+    """Warning Events for verdicts that changed (and again for each new generation)."""
+    change = written.change
     ready = change.status.condition(CONDITION_READY)
     if ready is not None and ready.reason == "InvalidSpec":
         if new_generation or CONDITION_READY in change.changed_conditions:
-            kopf.warn(body, reason="InvalidSpec", message=ready.message)
+            await post_event(
+                ctx,
+                written.runtime,
+                type="Warning",
+                reason="InvalidSpec",
+                message=ready.message,
+                log=logger,
+            )
         return
-    if resolution is None:
+    resolved = change.status.condition(CONDITION_CREDENTIAL_RESOLVED)
+    if resolved is None or resolved.status == "True":
         return
-    if not resolution.resolved and (
-        new_generation or "CredentialResolved" in change.changed_conditions
-    ):
-        kopf.warn(body, reason=resolution.reason, message=resolution.message)
+    if new_generation or CONDITION_CREDENTIAL_RESOLVED in change.changed_conditions:
+        await post_event(
+            ctx,
+            written.runtime,
+            type="Warning",
+            reason=resolved.reason,
+            message=resolved.message,
+            log=logger,
+        )

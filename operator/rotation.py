@@ -4,10 +4,11 @@ kopf indexes runtimes by the Secret they reference (:func:`runtimes_by_secret`)
 and feeds every Secret event, read-only, to :func:`on_secret_event` (never an
 ``on.update`` handler: that would write kopf's annotations onto Secrets). For
 each runtime that references the Secret, :func:`refresh_credential` reads
-the runtime and the Secret afresh, resolves the key to its fingerprint and, when anything
-changed, patches the status subresource. A new fingerprint is a rotation:
+the runtime and the Secret afresh and resolves the key to its fingerprint;
+:func:`.status.write_status` patches the status subresource when anything
+changed. A new fingerprint is a rotation:
 ``credential.rotatedAt``/``rotations`` move, a Normal ``CredentialRotated``
-Event is posted and :func:`nudge_pods` annotates the runtime's pods with
+Event is posted (:mod:`.posting`) and :func:`nudge_pods` annotates the runtime's pods with
 ``infer.atomr.io/credential-version`` so kubelet refreshes their volumes now;
 then :mod:`.convergence` follows, in the background, how many pods serve it.
 Unchanged data (label edits, resyncs) changes nothing. A Secret that appears
@@ -21,7 +22,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
@@ -31,12 +31,11 @@ from .convergence import follow_convergence, runtime_pods
 from .kubeapi import KubeApiError, resource_path
 from .models import (
     ANNOTATION_CREDENTIAL_VERSION,
-    API_VERSION,
-    PLURAL,
-    OpenAiRuntimeSpec,
+    CONDITION_CREDENTIAL_RESOLVED,
     OpenAiRuntimeStatus,
 )
-from .status import dump_status, load_status, next_status, resolve_credential
+from .posting import post_event
+from .status import Observation, resolve_credential, write_status
 
 __all__ = [
     "after_rotation",
@@ -79,19 +78,23 @@ def secret_digest(secret: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def rotation_event(runtime: Mapping[str, Any], status: OpenAiRuntimeStatus) -> None:
+async def rotation_event(
+    ctx: OperatorContext, runtime: Mapping[str, Any], status: OpenAiRuntimeStatus, logger: Logger
+) -> None:
     """A Normal ``CredentialRotated`` Event on the runtime (the fingerprint only)."""
     credential = status.credential
     if credential is None:
         return
-    kopf.event(
-        as_body(runtime),
+    await post_event(
+        ctx,
+        runtime,
         type="Normal",
         reason="CredentialRotated",
         message=(
             f"API key changed to {credential.fingerprint} "
             f"(rotation {credential.rotations}); annotating the runtime's pods"
         ),
+        log=logger,
     )
 
 
@@ -131,7 +134,7 @@ async def after_rotation(
         return
     with ctx.telemetry.span("rotate", namespace, name) as span:
         ctx.telemetry.rotated(span, credential.fingerprint, credential.rotations)
-        rotation_event(runtime, status)
+        await rotation_event(ctx, runtime, status, logger)
         await nudge_pods(ctx, namespace, name, credential.fingerprint, logger)
     ctx.background_for((namespace, name), follow_convergence(ctx, namespace, name))
 
@@ -145,37 +148,30 @@ async def refresh_credential(
 ) -> bool:
     """Re-resolve one runtime's key from Secret ``secret_name``; True if it rotated.
 
-    Both objects are read afresh under the runtime's lock rather than taken
-    from the watch event: a late or replayed event must never roll a key back.
+    Both objects are read afresh under the runtime's lock (:func:`.status.write_status`)
+    rather than taken from the watch event: a late or replayed event must never
+    roll a key back. The spec is not reconciled here, so its verdict and the
+    fields derived from it stay as they are.
     """
-    path = resource_path(API_VERSION, PLURAL, namespace, runtime_name)
-    async with ctx.lock(namespace, runtime_name):
-        runtime = await ctx.api.get(path)
-        if runtime is None or runtime.get("metadata", {}).get("deletionTimestamp"):
-            return False
+
+    async def observe(runtime: Mapping[str, Any]) -> Observation | None:
+        if runtime.get("metadata", {}).get("deletionTimestamp"):
+            return None
         spec = runtime.get("spec") or {}
-        ref = spec.get("apiKeySecretRef") or {}
-        if ref.get("name") != secret_name:
-            return False  # the index lagged behind a spec change
+        ref = spec.get("apiKeySecretRef") if isinstance(spec, Mapping) else None
+        if not isinstance(ref, Mapping) or ref.get("name") != secret_name:
+            return None  # the index lagged behind a spec change
         key = ref.get("key", "api-key")
         secret = await ctx.api.get(resource_path("v1", "secrets", namespace, secret_name))
-        previous = load_status(runtime.get("status"))
-        try:
-            parsed: OpenAiRuntimeSpec | None = OpenAiRuntimeSpec.model_validate(spec)
-        except ValueError:
-            parsed = None
-        change = next_status(
-            previous,
-            generation=None,
-            spec=parsed,
-            credential=resolve_credential(secret_name, key, secret),
-            now=datetime.now(UTC).replace(microsecond=0),
-            spec_observed=False,
+        resolution = resolve_credential(
+            secret_name, key if isinstance(key, str) else "api-key", secret
         )
-        new = dump_status(change.status)
-        if new == dump_status(previous):
-            return False
-        await ctx.api.merge_patch(f"{path}/status", {"status": new})
+        return Observation(spec=None, credential=resolution)
+
+    written = await write_status(ctx, namespace, runtime_name, observe)
+    if written is None or written.patch is None:
+        return False
+    change = written.change
     logger.info(
         "Runtime %s/%s credential %s",
         namespace,
@@ -183,11 +179,18 @@ async def refresh_credential(
         "rotated" if change.rotated else "re-resolved",
     )
     if change.rotated:
-        await after_rotation(ctx, runtime, change.status, logger)
-    elif "CredentialResolved" in change.changed_conditions:
-        resolved = change.status.condition("CredentialResolved")
+        await after_rotation(ctx, written.runtime, change.status, logger)
+    elif CONDITION_CREDENTIAL_RESOLVED in change.changed_conditions:
+        resolved = change.status.condition(CONDITION_CREDENTIAL_RESOLVED)
         if resolved is not None and resolved.status != "True":
-            kopf.warn(as_body(runtime), reason=resolved.reason, message=resolved.message)
+            await post_event(
+                ctx,
+                written.runtime,
+                type="Warning",
+                reason=resolved.reason,
+                message=resolved.message,
+                log=logger,
+            )
     return change.rotated
 
 

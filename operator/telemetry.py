@@ -11,10 +11,11 @@ never a key.
 - ``openai_runtime_operator.reconciles{result=ok|invalid|error}``
 - ``openai_runtime_operator.rotations``
 - ``openai_runtime_operator.pods_nudged``
+- ``openai_runtime_operator.resync_errors{scope=runtime|pass}``: a runtime the
+  resync could not handle, or a whole pass that failed (:mod:`.resync`)
 
-:func:`start_metrics_server` serves them as Prometheus text on ``/metrics``
-(and ``/healthz``) from a tiny aiohttp server; :mod:`.registry` starts it at
-start-up when the context has a metrics address and stops it at cleanup.
+:meth:`OperatorTelemetry.prometheus_text` renders them for ``/metrics``, which
+:mod:`.serving` serves on ``--metrics-port``.
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
-from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 
-from openai_runtime_sidecar.prometheus import CONTENT_TYPE, PrometheusReader
+from openai_runtime_sidecar.prometheus import PrometheusReader
 
-__all__ = ["OperatorTelemetry", "export_traces_from_env", "start_metrics_server"]
+__all__ = ["OperatorTelemetry", "export_traces_from_env"]
 
 _SCOPE = "openai_runtime_operator"
 
@@ -88,6 +88,14 @@ class OperatorTelemetry:
             "{pod}",
             "Pods annotated with a new credential version.",
         )
+        self.resync_errors = meter.create_counter(
+            "openai_runtime_operator.resync_errors",
+            "{error}",
+            "Resync failures: of one runtime (scope=runtime) or of a whole pass (scope=pass).",
+        )
+        for scope in ("runtime", "pass"):
+            # Shown at 0 from the start, so that an alert on its increase sees the first one.
+            self.resync_errors.add(0, {"scope": scope})
         self._shut_down = False
 
     @contextlib.contextmanager
@@ -125,6 +133,10 @@ class OperatorTelemetry:
         if nudged:
             self.pods_nudged.add(nudged)
 
+    def resync_failed(self, scope: str) -> None:
+        """Count one resync failure: ``runtime`` (one skipped) or ``pass`` (all of them)."""
+        self.resync_errors.add(1, {"scope": scope})
+
     def prometheus_text(self) -> str:
         """Every metric in Prometheus text format 0.0.4."""
         return self.prometheus.text()
@@ -133,27 +145,3 @@ class OperatorTelemetry:
         if not self._shut_down:
             self._shut_down = True
             self._meter_provider.shutdown()
-
-
-async def start_metrics_server(
-    telemetry: OperatorTelemetry, host: str, port: int
-) -> tuple[web.AppRunner, int]:
-    """Serve ``/metrics`` and ``/healthz`` on ``host:port``; the runner and the bound port."""
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            body=telemetry.prometheus_text().encode("utf-8"),
-            headers={"Content-Type": CONTENT_TYPE},
-        )
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    bound = runner.addresses[0][1] if runner.addresses else port
-    return runner, int(bound)

@@ -1,20 +1,29 @@
-"""Convergence reports and operator telemetry, against kmock and real sidecars on loopback.
+"""Convergence reports, the resync loop and operator telemetry, against kmock and
+real sidecars on loopback.
 
 A real :class:`~openai_runtime_sidecar.app.Sidecar` plays a pod's sidecar:
 its admin listener (port 0 on 127.0.0.1) answers ``/status`` with the
 fingerprint it serves, and the operator is told that sidecars listen on that
 port. A second pod's IP, 127.0.0.2, refuses connections: it counts as not
 current and fails nothing.
+
+The resync tests run the loop as the operator's start-up handler would, but
+without kopf: nothing else then reads or writes the emulator, so a missed
+rotation stays missed until the resync finds it, and every request seen is
+the resync's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kopf
 import pytest
 from aiohttp import web
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -22,21 +31,26 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from openai_runtime_operator.context import OperatorContext
 from openai_runtime_operator.convergence import ConvergenceSettings, probe_pods
+from openai_runtime_operator.models import API_VERSION, KIND
+from openai_runtime_operator.resync import resync_forever, resync_once
 from openai_runtime_operator.telemetry import OperatorTelemetry
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.runner.credentials import fingerprint
 from openai_runtime_sidecar.telemetry import Telemetry
 
-from ..support import NEW_KEY, OLD_KEY, SecretVolume
+from ..support import NEW_KEY, OLD_KEY, SecretVolume, points
 from .test_operator import (
     ALL_KEYS,
     MERGE,
     NS,
     RUNTIMES,
+    RUNTIMES_URL,
     SECRETS_URL,
     Cluster,
+    assert_no_key_leaked,
     b64,
     eventually,
     pod,
@@ -279,6 +293,167 @@ async def test_failed_reconcile_counts_as_error() -> None:
     assert not span.status.is_ok
     data = reader.get_metrics_data()
     assert data is not None
-    [metric] = [m for r in data.resource_metrics for s in r.scope_metrics for m in s.metrics]
+    [metric] = [
+        m
+        for r in data.resource_metrics
+        for s in r.scope_metrics
+        for m in s.metrics
+        if m.name == "openai_runtime_operator.reconciles"
+    ]
     [point] = metric.data.data_points
     assert dict(point.attributes or {}) == {"result": "error"} and point.value == 1
+
+
+class Api(Cluster):
+    """The operator's context logged in to kmock, with no kopf running."""
+
+    reader: InMemoryMetricReader
+
+    def resync_errors(self) -> dict[str, int]:
+        found = points(self.reader).get("openai_runtime_operator.resync_errors", [])
+        return {str(dict(p.attributes)["scope"]): int(p.value) for p in found}
+
+
+@pytest.fixture
+async def api(declare: Any) -> AsyncIterator[Api]:
+    cluster = Api(declare)
+    cluster.reader = InMemoryMetricReader()
+    cluster.ctx = OperatorContext(
+        telemetry=OperatorTelemetry(
+            tracer_provider=TracerProvider(), metric_readers=[cluster.reader]
+        ),
+        convergence=FAST,
+    )
+    cluster.ctx.set_connection(kopf.ConnectionInfo(server=str(declare.url), insecure=True))
+    try:
+        yield cluster
+    finally:
+        await cluster.ctx.close()
+        assert_no_key_leaked(declare)
+
+
+def broken_secret(kmock: Any, name: str, answer: Any) -> None:
+    """The Secret exists, but the emulator answers its GET with ``answer``."""
+    kmock.objects["v1/secrets", NS, name] = secret(name, OTHER_SECRET_KEY)
+    kmock[f"get /api/v1/namespaces/{NS}/secrets/{name}"] << answer
+
+
+OTHER_SECRET_KEY = ALL_KEYS[2]
+
+
+@pytest.mark.parametrize("answer", [b"not json", 500], ids=["garbage", "http-500"])
+async def test_resync_skips_a_failing_runtime_and_counts_it(
+    api: Api, answer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    kmock = api.kmock
+    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    broken_secret(kmock, "broken", answer)
+    for name, secret_name in (("alpha", "openai-key"), ("beta", "broken"), ("gamma", "openai-key")):
+        kmock.objects[RUNTIMES, NS, name] = runtime(name, secret_name)
+
+    assert await resync_once(api.ctx, [NS]) == 2
+    for name in ("alpha", "gamma"):
+        assert ready(api, name)(), name
+        assert api.status(name)["credential"]["fingerprint"] == fingerprint(OLD_KEY)
+    assert api.status("beta") == {}  # failed before its status was computed
+    assert api.resync_errors() == {"runtime": 1, "pass": 0}
+    scraped = api.ctx.telemetry.prometheus_text()  # what /metrics serves
+    assert 'openai_runtime_operator_resync_errors_total{scope="runtime"} 1' in scraped
+    [failure] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "apps/beta" in failure.getMessage() and failure.exc_info is not None
+    for raw in ALL_KEYS:
+        assert raw not in caplog.text
+
+
+async def test_resync_recovers_a_missed_rotation_with_its_event(api: Api) -> None:
+    kmock = api.kmock
+    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+    kmock.objects["v1/pods", NS, "a1"] = pod("a1", "alpha")
+    assert await resync_once(api.ctx, [NS]) == 1
+    assert api.annotation("a1") == fingerprint(OLD_KEY)
+
+    # The key changes while nothing watches (an operator restart, a dropped stream).
+    await kmock.patch(
+        f"{SECRETS_URL}/openai-key", json={"data": {"api-key": b64(NEW_KEY)}}, headers=MERGE
+    )
+    assert await resync_once(api.ctx, [NS]) == 1
+    credential = api.status("alpha")["credential"]
+    assert credential["fingerprint"] == fingerprint(NEW_KEY) and credential["rotations"] == 1
+    assert api.annotation("a1") == fingerprint(NEW_KEY)
+    # Posted through the API from outside any kopf handler (kopf.event raised LookupError here).
+    [event] = api.events("CredentialRotated")
+    assert event["type"] == "Normal" and fingerprint(NEW_KEY) in event["message"]
+    assert event["involvedObject"]["name"] == "alpha"
+    assert (event["involvedObject"]["kind"], event["involvedObject"]["apiVersion"]) == (
+        KIND,
+        API_VERSION,
+    )
+    assert api.resync_errors() == {"runtime": 0, "pass": 0}
+
+
+async def test_an_event_that_cannot_be_posted_fails_nothing(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    kmock = api.kmock
+    kmock[f"post /api/v1/namespaces/{NS}/events"] << 500
+    kmock.objects[RUNTIMES, NS, "bad"] = runtime("bad", retry={"maxAttempts": 0})
+    assert await resync_once(api.ctx, [NS]) == 1
+    cond = api.condition("bad", "Ready")
+    assert cond is not None and cond["reason"] == "InvalidSpec"
+    assert len(api.requests("POST", "/events")) == 1
+    [warning] = [r for r in caplog.records if "Could not post" in r.getMessage()]
+    assert warning.levelname == "WARNING" and "InvalidSpec" in warning.getMessage()
+    assert api.resync_errors() == {"runtime": 0, "pass": 0}
+
+
+async def test_resync_forever_waits_for_acting_and_survives_failures(api: Api) -> None:
+    kmock = api.kmock
+    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    broken_secret(kmock, "broken", b"not json")
+    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+    kmock.objects[RUNTIMES, NS, "beta"] = runtime("beta", "broken")
+    asked = 0
+    acting = False
+
+    async def gate() -> bool:
+        nonlocal asked
+        asked += 1
+        if asked == 2:
+            raise LookupError("peering status unreadable")  # a failed pass, not the end
+        return acting
+
+    loop = asyncio.create_task(resync_forever(api.ctx, [NS], 0.01, acting=gate))
+    try:
+        await eventually(lambda: asked >= 4, "the loop to ask four times")
+        # Not the acting replica: not a single request.
+        assert list(kmock) == []
+        assert api.resync_errors() == {"runtime": 0, "pass": 1}
+
+        acting = True
+        await eventually(ready(api, "alpha"), "alpha Ready through the loop")
+        # beta fails on every pass, and the loop goes on regardless.
+        await eventually(lambda: api.resync_errors().get("runtime", 0) >= 3, "three failures")
+        assert not loop.done()
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    assert api.status("alpha")["credential"]["fingerprint"] == fingerprint(OLD_KEY)
+
+
+async def test_resync_forever_survives_a_failed_listing(api: Api) -> None:
+    kmock = api.kmock
+    kmock[f"get {RUNTIMES_URL.replace(NS, 'down')}"] << 503
+    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+    loop = asyncio.create_task(resync_forever(api.ctx, ["down", NS], 0.01))
+    try:
+        await eventually(lambda: api.resync_errors().get("pass", 0) >= 3, "three failed passes")
+        assert not loop.done()
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    # The namespace listed first failed every pass, so the second was never reached.
+    assert api.status("alpha") == {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,9 +26,12 @@ from openai_runtime_operator.models import (
     API_VERSION,
     KIND,
     LABEL_RUNTIME,
+    OpenAiRuntimeSpec,
 )
+from openai_runtime_operator.reconciling import render_configmap
 from openai_runtime_operator.registry import build_registry, build_settings
 from openai_runtime_operator.resync import resync_once
+from openai_runtime_operator.rotation import refresh_credential
 from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.runner.credentials import fingerprint
 
@@ -133,7 +138,7 @@ class Cluster:
         return None
 
     def events(self, reason: str) -> list[dict[str, Any]]:
-        """Events posted (kmock stores only one: it does not support generateName)."""
+        """Events posted with ``reason``, in order."""
         return [
             dict(r.data)
             for r in self.requests("POST", "/events")
@@ -239,6 +244,9 @@ async def test_runtime_gets_configmap_and_ready_status(operator: Cluster) -> Non
     [owner] = cm["metadata"]["ownerReferences"]
     assert owner["kind"] == KIND and owner["name"] == "alpha" and owner["uid"] == "uid-alpha"
     assert owner["controller"] is True
+    # Not blocking: blocking needs `update` on openairuntimes/finalizers under
+    # OwnerReferencesPermissionEnforcement, which the operator is not granted.
+    assert owner["blockOwnerDeletion"] is False
 
     status = operator.status("alpha")
     assert status["observedGeneration"] == 1
@@ -373,7 +381,21 @@ async def test_rotation_updates_status_event_and_only_own_pods(operator: Cluster
     assert credential["rotatedAt"]
     [event] = await eventually(lambda: operator.events("CredentialRotated"), "Event")
     assert event["type"] == "Normal" and fingerprint(NEW_KEY) in event["message"]
-    assert event["involvedObject"]["name"] == "alpha"
+    # Posted by the operator's own client, in the shape kubectl describe shows.
+    assert event["involvedObject"] == {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": "alpha",
+        "namespace": NS,
+        "uid": "uid-alpha",
+        "resourceVersion": "1",
+    }
+    assert event["metadata"]["namespace"] == NS
+    assert re.fullmatch(r"alpha\.[0-9a-f]{16}", event["metadata"]["name"])
+    assert event["source"] == {"component": "openai-runtime-operator"}
+    assert event["reportingComponent"] == "openai-runtime-operator"
+    assert event["reportingInstance"] and event["action"] == "CredentialRotated"
+    assert event["firstTimestamp"] == event["lastTimestamp"] and event["eventTime"]
     for name in ("a1", "a2"):
         await eventually(lambda n=name: operator.annotation(n) == fingerprint(NEW_KEY), name)
     assert operator.annotation("b1") is None and operator.annotation("plain") is None
@@ -443,6 +465,11 @@ async def test_runtimes_sharing_a_secret_both_follow(operator: Cluster) -> None:
         lambda: len(found := operator.events("CredentialRotated")) == 2 and found, "two Events"
     )
     assert {e["involvedObject"]["name"] for e in events} == {"alpha", "beta"}
+    # Each Event is an object of its own (no name reused).
+    stored = [
+        obj for k, obj in list(kmock.objects.items()) if k[0].plural == "events" and not obj.deleted
+    ]
+    assert len({obj.raw["metadata"]["name"] for obj in stored}) == len(stored) >= 2
 
     # The Secret goes away: the last fingerprint stays, the condition says why.
     await kmock.delete(f"{SECRETS_URL}/openai-key")
@@ -500,3 +527,82 @@ async def test_deleting_a_runtime_with_pods_warns(operator: Cluster) -> None:
     [event] = await eventually(lambda: operator.events("RuntimeDeletedWithPods"), "Event")
     assert event["type"] == "Warning" and "1 pod(s)" in event["message"]
     assert operator.get(RUNTIMES, "alpha") is None
+
+
+def status_patches(operator: Cluster, name: str) -> list[dict[str, Any]]:
+    """The bodies of the PATCHes to a runtime's status, in order."""
+    return [dict(r.data) for r in operator.requests("PATCH", f"{RUNTIMES_URL}/{name}/status")]
+
+
+async def test_removed_default_model_leaves_the_status(operator: Cluster) -> None:
+    kmock = operator.kmock
+    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+    await operator.start()
+    await eventually(ready(operator, "alpha"), "Ready")
+    assert operator.status("alpha")["model"] == "gpt-4o-mini"
+
+    await kmock.patch(
+        f"{RUNTIMES_URL}/alpha",
+        json={"metadata": {"generation": 2}, "spec": {"models": {"default": None}}},
+        headers=MERGE,
+    )
+    status = await eventually(
+        lambda: (s := operator.status("alpha")).get("observedGeneration") == 2 and s,
+        "generation 2 reconciled",
+    )
+    assert "model" not in status and status["variant"] == "direct"
+    assert any(
+        "model" in body["status"] and body["status"]["model"] is None
+        for body in status_patches(operator, "alpha")
+    )
+    ready_now = operator.condition("alpha", "Ready")
+    assert ready_now is not None and ready_now["status"] == "True"
+    assert ready_now["observedGeneration"] == 2
+
+
+async def test_stale_status_is_nulled_and_replays_write_nothing(operator: Cluster) -> None:
+    kmock = operator.kmock
+    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    stale = runtime("alpha")
+    stale["status"] = {"legacy": {"phase": "Running"}, "variant": "azure", "model": "old"}
+    kmock.objects[RUNTIMES, NS, "alpha"] = stale
+    await operator.start()
+    await eventually(ready(operator, "alpha"), "Ready")
+    status = operator.status("alpha")
+    assert "legacy" not in status
+    assert (status["variant"], status["model"]) == ("direct", "gpt-4o-mini")
+    [nulling] = [b for b in status_patches(operator, "alpha") if "legacy" in b["status"]]
+    assert nulling["status"]["legacy"] is None
+
+    # The first resync reports convergence; from then on, observing the same
+    # runtime and Secret again (the Secret watch replayed, the resync) sends
+    # no status PATCH at all, though both read the runtime afresh.
+    assert await resync_once(operator.ctx, [NS]) == 1
+    patches = len(status_patches(operator, "alpha"))
+    reads = len(operator.requests("GET", f"{RUNTIMES_URL}/alpha"))
+    logger = logging.getLogger(__name__)
+    assert not await refresh_credential(operator.ctx, NS, "alpha", "openai-key", logger)
+    assert await resync_once(operator.ctx, [NS]) == 1
+    assert len(operator.requests("GET", f"{RUNTIMES_URL}/alpha")) >= reads + 2
+    assert len(status_patches(operator, "alpha")) == patches
+
+
+async def test_a_blocking_owner_reference_is_made_non_blocking(operator: Cluster) -> None:
+    """A ConfigMap written by an older operator (blockOwnerDeletion: true) is corrected,
+    even when its data is already current."""
+    kmock = operator.kmock
+    body = runtime("alpha")
+    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    kmock.objects[RUNTIMES, NS, "alpha"] = body
+    old = render_configmap(body, NS, "alpha", OpenAiRuntimeSpec.model_validate(body["spec"]))
+    old["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] = True
+    kmock.objects["v1/configmaps", NS, "alpha-openai-runtime"] = old
+    await operator.start()
+
+    def blocking() -> Any:
+        cm = operator.get("v1/configmaps", "alpha-openai-runtime") or {}
+        refs = cm.get("metadata", {}).get("ownerReferences") or []
+        return refs and [r["blockOwnerDeletion"] for r in refs] == [False]
+
+    await eventually(blocking, "a single non-blocking owner reference")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from openai_runtime_operator.resync import resync_once
 from openai_runtime_sidecar.runner.credentials import fingerprint
 
 from ..operator.test_operator import (
@@ -298,5 +299,14 @@ async def test_shared_secret_rotation_fans_out(
     )
     assert set(patched) == {f"{PODS_URL}/{n}-pod" for n in names}
     assert max(patched.values()) == 1  # each pod nudged once
+
+    # A resync of the settled runtimes reads each afresh and writes nothing:
+    # no status PATCH, no ConfigMap, no pod annotation, no Event.
+    served = len(archive.served)  # (the watches, still in flight, stay out)
+    assert await resync_once(operator.ctx, [NS]) == SHARED
+    resynced = kinds(archive.served[served:])
+    print(f"resync of {SHARED} settled runtimes: {dict(sorted(resynced.items()))}")
+    assert resynced["GET openairuntimes[]"] == 1 and resynced["GET openairuntimes"] >= SHARED
+    assert [k for k in resynced if not k.startswith("GET ")] == []
     assert not errors(caplog)
     assert_no_key_leaked(archive)
