@@ -21,7 +21,8 @@ from aiohttp import web
 
 from .convergence import ConvergenceSettings
 from .kubeapi import KubeApi
-from .telemetry import OperatorTelemetry, start_metrics_server
+from .serving import start_admin_server
+from .telemetry import OperatorTelemetry
 
 __all__ = ["OperatorContext"]
 
@@ -42,6 +43,8 @@ class OperatorContext:
     """The port the metrics server bound, once it runs."""
     workers: int = 16
     """At most this many handler calls (reconciliations, Secret events) at once."""
+    webhook_listening: asyncio.Event | None = None
+    """Set while the admission webhook listens; None when this replica serves none."""
     _metrics_runner: web.AppRunner | None = field(default=None, repr=False)
     _api: KubeApi | None = field(default=None, repr=False)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict, repr=False)
@@ -103,13 +106,23 @@ class OperatorContext:
 
         task.add_done_callback(done)
 
+    def readiness(self) -> dict[str, bool]:
+        """The checks of ``/readyz``: logged in, and the webhook listening if it is served."""
+        checks = {"loggedIn": self.connection is not None}
+        if self.webhook_listening is not None:
+            checks["webhookListening"] = self.webhook_listening.is_set()
+        return checks
+
     async def start_metrics(self) -> None:
-        """Serve the telemetry's ``/metrics`` at :attr:`metrics_address`, if any."""
+        """Serve ``/metrics``, ``/healthz`` and ``/readyz`` at :attr:`metrics_address`, if any.
+
+        Raises :class:`OSError` when the port cannot be bound.
+        """
         if self.metrics_address is None or self._metrics_runner is not None:
             return
         host, port = self.metrics_address
-        self._metrics_runner, self.metrics_port = await start_metrics_server(
-            self.telemetry, host, port
+        self._metrics_runner, self.metrics_port = await start_admin_server(
+            self.telemetry, host, port, self.readiness
         )
 
     async def close(self) -> None:

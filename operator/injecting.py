@@ -18,6 +18,7 @@ API would be the node's, reachable by every pod on it).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Collection, Mapping, MutableMapping
 from typing import Any, cast
@@ -65,7 +66,6 @@ PLACEHOLDER_API_KEY = "injected-by-openai-runtime"
 CONFIG_DIR = "/etc/openai-runtime"
 CONFIG_VOLUME = "openai-runtime-config"
 KEY_VOLUME = "openai-runtime-key"
-SIDECAR_UID = 65532
 DENIED = 403
 
 
@@ -93,10 +93,11 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
 
 
 def _security_context() -> dict[str, Any]:
+    # No runAsUser: the image's numeric USER satisfies runAsNonRoot, and
+    # platforms that assign a UID per namespace (OpenShift's restricted-v2)
+    # refuse a pod that asks for one outside their range.
     return {
         "runAsNonRoot": True,
-        "runAsUser": SIDECAR_UID,
-        "runAsGroup": SIDECAR_UID,
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -310,6 +311,15 @@ class NamespacedWebhookServer(kopf.WebhookServer):
     filled value equals what the API server stores, so no patch op results.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.listening = asyncio.Event()
+        """Set once the server accepts connections (the operator's readiness waits for it)."""
+        self.ca_bundle: bytes | None = None
+        """The self-signed bootstrap's CA bundle, which the operator keeps published."""
+        self.ca_served: bytes | None = None
+        """The certificate this server serves (the bundle must keep trusting it)."""
+
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async def with_namespace(request: Any, **kwargs: Any) -> Any:
             payload = request.get("request") if isinstance(request, dict) else None
@@ -322,5 +332,10 @@ class NamespacedWebhookServer(kopf.WebhookServer):
                         meta["namespace"] = ns
             return await fn(request, **kwargs)
 
-        async for config in super().__call__(with_namespace):
-            yield config
+        try:
+            async for config in super().__call__(with_namespace):
+                # kopf yields the client config only once its socket is bound.
+                self.listening.set()
+                yield config
+        finally:
+            self.listening.clear()

@@ -15,8 +15,12 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
+import urllib.parse
 from collections.abc import Sequence
+from socket import AI_PASSIVE
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -28,6 +32,7 @@ from .context import OperatorContext
 from .convergence import ConvergenceSettings
 from .injecting import NamespacedWebhookServer
 from .kubeapi import KubeApi, KubeApiError, service_account_token_source
+from .peering import PeeringSettings, own_identity, random_priority
 from .registry import LoginFn, build_registry, build_settings, default_login
 from .telemetry import export_traces_from_env
 from .webhooking import SelfSignedSettings, prepare_webhook, server_from_cert_dir
@@ -73,6 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--peering-name",
         default="openai-runtime",
         help="the KopfPeering object shared by the replicas (default %(default)s)",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="this replica's peering priority: the highest live one acts, the others wait "
+        "(default: random, so replicas never tie; replicas of equal priority all pause)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="a replica that stops answering holds the others paused this long: "
+        "failover after a crash takes up to this (default %(default)s)",
     )
     parser.add_argument(
         "--workers",
@@ -141,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Secret holding the self-signed certificate (default %(default)s)",
     )
     webhook.add_argument(
+        "--webhook-ca-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="re-assert the self-signed CA bundle in the configuration this often, healing a "
+        "reverted or late-created configuration (default %(default)s)",
+    )
+    webhook.add_argument(
         "--webhook-configuration",
         default="openai-runtime",
         metavar="NAME",
@@ -175,6 +203,108 @@ async def build_webhook_server(
         await api.close()
 
 
+def _listen_problem(what: str, host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None (the socket is released at once).
+
+    kopf binds the liveness and webhook listeners only after it logged in and
+    found its resources; failing here first names the flag and exits before
+    any of that, so Kubernetes restarts the pod and shows why.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host or '*'}:{port} for {what}: {exc.strerror or exc}"
+    return None
+
+
+def _listeners(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    found: list[tuple[str, str, int]] = []
+    if args.liveness:
+        url = urllib.parse.urlsplit(args.liveness)
+        found.append(("the liveness probe (--liveness)", url.hostname or "", url.port or 80))
+    if args.webhook_port:
+        found.append(("the admission webhook (--webhook-port)", "0.0.0.0", args.webhook_port))
+    return found
+
+
+async def _operate(
+    args: argparse.Namespace,
+    ctx: OperatorContext,
+    settings: kopf.OperatorSettings,
+    peering: PeeringSettings,
+) -> int:
+    """Bind the listeners, prepare the webhook, run kopf; the process's exit status."""
+    log = logging.getLogger(__name__)
+    namespaces: list[str] = list(args.namespace)
+    try:
+        await ctx.start_metrics()
+    except OSError as exc:
+        log.error(
+            "Cannot listen on 0.0.0.0:%d for metrics and readiness (--metrics-port): %s",
+            args.metrics_port,
+            exc.strerror or exc,
+        )
+        return 1
+    try:
+        for what, host, port in _listeners(args):
+            problem = _listen_problem(what, host, port)
+            if problem is not None:
+                log.error("Cannot start: %s", problem)
+                return 1
+        webhook: NamespacedWebhookServer | None = None
+        if args.webhook_port:
+            try:
+                webhook = await build_webhook_server(args, default_login, settings)
+            except (
+                OSError,
+                RuntimeError,
+                KubeApiError,
+                aiohttp.ClientError,
+                kopf.LoginError,
+            ) as exc:
+                # OSError covers unreadable certificate files and a refused connection.
+                log.error("Cannot prepare the admission webhook: %s", exc)
+                return 1
+            settings.admission.server = webhook
+            ctx.webhook_listening = webhook.listening
+        registry = build_registry(
+            ctx,
+            default_login,
+            namespaces,
+            admission=webhook is not None,
+            peering=peering,
+            webhook=webhook,
+            webhook_configuration=args.webhook_configuration,
+            ca_interval=args.webhook_ca_interval,
+        )
+        await kopf.operator(
+            registry=registry,
+            settings=settings,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=args.standalone,
+            # Only in peered mode: a peering name makes peering mandatory in kopf.
+            peering_name=None if args.standalone else args.peering_name,
+            priority=peering.priority,
+            identity=cast(Any, peering.identity),  # kopf's Identity is a NewType of str
+            liveness_endpoint=args.liveness,
+        )
+    except kopf.LoginError as exc:
+        log.error("Cannot reach the Kubernetes API: %s", exc)
+        return 1
+    except OSError as exc:
+        # A listener kopf owns (liveness, webhook) failed after the checks above.
+        log.error("Cannot start: %s", exc)
+        return 1
+    finally:
+        await ctx.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -182,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.resync_interval <= 0:
         parser.error("--resync-interval must be positive")
+    if args.peering_lifetime < 1:
+        parser.error("--peering-lifetime must be at least 1 second")
+    if args.webhook_ca_interval <= 0:
+        parser.error("--webhook-ca-interval must be positive")
     for flag, port in (
         ("--metrics-port", args.metrics_port),
         ("--sidecar-admin-port", args.sidecar_admin_port),
@@ -202,7 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     namespaces: list[str] = list(args.namespace)
-    clusterwide = not namespaces
+    peering = PeeringSettings(
+        name=args.peering_name,
+        identity=own_identity(),
+        priority=random_priority() if args.priority is None else args.priority,
+        standalone=args.standalone,
+        namespaces=tuple(namespaces),
+    )
     ctx = OperatorContext(
         resync_interval=args.resync_interval,
         workers=args.workers,
@@ -213,40 +353,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger(__name__)
     log.info(
         "Starting the openai-runtime operator",
-        extra={"fields": {"namespaces": namespaces or "*", "standalone": args.standalone}},
+        extra={
+            "fields": {
+                "namespaces": namespaces or "*",
+                "standalone": args.standalone,
+                "identity": peering.identity,
+                "priority": peering.priority,
+            }
+        },
     )
     tracing = export_traces_from_env(os.environ)
     if tracing is not None:
         trace.set_tracer_provider(tracing)  # the spans of .telemetry go to the global one
     settings = build_settings(workers=args.workers, standalone=args.standalone)
-    if args.webhook_port:
-        try:
-            settings.admission.server = asyncio.run(
-                build_webhook_server(args, default_login, settings)
-            )
-        except (OSError, RuntimeError, KubeApiError, aiohttp.ClientError, kopf.LoginError) as exc:
-            # OSError covers unreadable certificate files and a refused connection.
-            log.error("Cannot prepare the admission webhook: %s", exc)
-            return 1
+    settings.peering.name = args.peering_name
+    settings.peering.lifetime = args.peering_lifetime
     try:
-        kopf.run(
-            registry=build_registry(
-                ctx, default_login, namespaces, admission=bool(args.webhook_port)
-            ),
-            settings=settings,
-            clusterwide=clusterwide,
-            namespaces=namespaces,
-            standalone=args.standalone,
-            peering_name=args.peering_name,
-            liveness_endpoint=args.liveness,
-        )
-    except kopf.LoginError as exc:
-        log.error("Cannot reach the Kubernetes API: %s", exc)
-        return 1
+        return asyncio.run(_operate(args, ctx, settings, peering))
     finally:
         if tracing is not None:
             tracing.shutdown()  # flush the last spans
-    return 0
 
 
 if __name__ == "__main__":

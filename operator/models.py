@@ -155,8 +155,12 @@ class SidecarResources(_Model):
         description="Resource requests (default cpu 50m, memory 64Mi).",
     )
     limits: dict[str, Quantity] = Field(
-        default_factory=lambda: {"memory": "128Mi"},
-        description="Resource limits (default memory 128Mi; no CPU limit, to avoid throttling).",
+        default_factory=lambda: {"cpu": "1", "memory": "128Mi"},
+        description=(
+            "Resource limits (default cpu 1, memory 128Mi: namespaces with a LimitRange or a "
+            "quota on limits need both; one core is far above the sidecar's need, so it "
+            "does not throttle)."
+        ),
     )
 
 

@@ -21,11 +21,14 @@ from typing import Any, cast
 import kopf
 
 from .context import OperatorContext
-from .injecting import mutate_pod
+from .injecting import NamespacedWebhookServer, mutate_pod
 from .models import GROUP, LABEL_RUNTIME, PLURAL, VERSION
+from .peering import PeeringSettings, is_acting, report_peering
+from .posting import post_event
 from .reconciling import reconcile
 from .resync import resync_forever
 from .rotation import on_secret_event, runtime_pods, runtimes_by_secret, secret_digest
+from .webhooking import keep_ca_bundle_published
 
 __all__ = ["LoginFn", "build_registry", "build_settings", "default_login"]
 
@@ -34,8 +37,14 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod: the service account; elsewhere: the kubeconfig (kopf's own logic)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """In a pod: the service account; elsewhere: the kubeconfig as kubectl reads it.
+
+    The kubeconfig goes through the ``kubernetes`` client (kopf's
+    ``login_via_client``), which runs exec credential plugins and auth
+    providers (EKS, GKE, AKS, OIDC); kopf's own kubeconfig reader runs neither.
+    An expired plugin token makes kopf log in again, which runs the plugin again.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_via_client(**kwargs)
 
 
 def build_settings(
@@ -43,7 +52,8 @@ def build_settings(
 ) -> kopf.OperatorSettings:
     """kopf's settings: state in annotations, bounded workers, only warnings as Events.
 
-    (``kopf.event``/``kopf.warn`` calls are posted whatever ``posting_level`` says.)
+    (``posting_level`` only concerns kopf's own messages, such as a handler's
+    failure; the operator posts its Events itself, :mod:`.posting`.)
     ``workers`` does not cap kopf's per-object workers (``queueing.worker_limit``
     stays unlimited): every runtime must be indexed before any handler runs, so
     with more runtimes than workers at start-up the first ones would wait for
@@ -72,13 +82,21 @@ def build_registry(
     namespaces: Sequence[str] = (),
     *,
     admission: bool = False,
+    peering: PeeringSettings | None = None,
+    webhook: NamespacedWebhookServer | None = None,
+    webhook_configuration: str = "openai-runtime",
+    ca_interval: float = 60.0,
 ) -> kopf.OperatorRegistry:
     """A registry with all the operator's handlers, sharing ``ctx``.
 
     ``namespaces`` scopes the safety-net resync (empty: cluster-wide), as the
     same list scopes kopf's watches. ``admission`` adds the pod-injecting
     mutating webhook (handler id ``inject``, :mod:`.injecting`); kopf then
-    refuses to run without ``settings.admission.server``.
+    refuses to run without ``settings.admission.server``. ``peering`` (None:
+    standalone) makes the resync run only on the acting replica and reports a
+    missing peering CRD or object. ``webhook``, when it serves the self-signed
+    certificate, has its CA bundle re-asserted in ``webhook_configuration``
+    every ``ca_interval`` seconds.
     """
     registry = kopf.OperatorRegistry()
     resource = (GROUP, VERSION, PLURAL)
@@ -122,8 +140,24 @@ def build_registry(
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
         decorator(*resource, registry=registry, id="reconcile")(reconcile_handler)
 
+    async def acting() -> bool:
+        if peering is None:
+            return True
+        try:
+            return await is_acting(ctx.api, peering)
+        except kopf.TemporaryError:  # not logged in yet
+            return False
+
     async def start_resync(**_: Any) -> None:
-        ctx.background(resync_forever(ctx, namespaces, ctx.resync_interval))
+        ctx.background(resync_forever(ctx, namespaces, ctx.resync_interval, acting=acting))
+        if peering is not None and not peering.standalone:
+            ctx.background(report_peering(lambda: ctx.api, peering))
+        if webhook is not None:
+            ctx.background(
+                keep_ca_bundle_published(
+                    lambda: ctx.api, webhook_configuration, webhook, interval=ca_interval
+                )
+            )
         await ctx.start_metrics()
 
     kopf.on.startup(registry=registry, id="resync")(start_resync)
@@ -172,7 +206,14 @@ def build_registry(
                 "the last config and key until restarted, new pods are not injected"
             )
             logger.warning(message)
-            kopf.warn(body, reason="RuntimeDeletedWithPods", message=message)
+            await post_event(
+                ctx,
+                body,
+                type="Warning",
+                reason="RuntimeDeletedWithPods",
+                message=message,
+                log=logger,
+            )
 
     kopf.on.event(*resource, registry=registry, id="deleted")(deleted_handler)
 

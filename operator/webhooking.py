@@ -24,6 +24,7 @@ process, from which kopf loads it.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import base64
 import datetime
@@ -31,10 +32,12 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import kopf
 
 from .injecting import NamespacedWebhookServer
 from .kubeapi import KubeApi, KubeApiError, resource_path
@@ -46,6 +49,7 @@ __all__ = [
     "bundle_with",
     "ensure_certificate",
     "generate_certificate",
+    "keep_ca_bundle_published",
     "prepare_webhook",
     "publish_ca_bundle",
     "server_from_cert_dir",
@@ -361,10 +365,38 @@ async def prepare_webhook(
     still_valid = previous is not None and previous.usable_for(
         [], now=moment, renew_before=datetime.timedelta(0)
     )
-    await publish_ca_bundle(
-        api,
-        settings.configuration,
-        bundle_with(cert, previous if still_valid else None),
-        served=cert.cert_pem,
-    )
-    return server_from_certificate(cert, port=port)
+    bundle = bundle_with(cert, previous if still_valid else None)
+    await publish_ca_bundle(api, settings.configuration, bundle, served=cert.cert_pem)
+    server = server_from_certificate(cert, port=port)
+    server.ca_bundle, server.ca_served = bundle, cert.cert_pem
+    return server
+
+
+async def keep_ca_bundle_published(
+    api: Callable[[], KubeApi],
+    configuration: str,
+    server: NamespacedWebhookServer,
+    *,
+    interval: float,
+) -> None:
+    """Re-assert the self-signed CA bundle every ``interval`` seconds, for ever.
+
+    Written once at start-up it would not survive a GitOps tool restoring the
+    manifest's empty ``caBundle``, nor a configuration created after the
+    operator: both heal here without a restart. Replicas serving an older and
+    a newer certificate agree, because each only writes when its own served
+    certificate is not trusted, and then the bundle it started with (which
+    also trusts the certificate it replaced).
+    """
+    if server.ca_bundle is None or server.ca_served is None:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await publish_ca_bundle(api(), configuration, server.ca_bundle, served=server.ca_served)
+        except (KubeApiError, OSError, TimeoutError, RuntimeError, kopf.TemporaryError) as exc:
+            log.warning(
+                "Cannot re-assert the webhook CA bundle: %s",
+                exc,
+                extra={"fields": {"configuration": configuration}},
+            )

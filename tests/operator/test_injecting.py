@@ -14,6 +14,7 @@ import copy
 import json
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -87,7 +88,8 @@ def test_native_sidecar_is_first_init_container() -> None:
     assert sidecar["imagePullPolicy"] == "IfNotPresent"
     assert sidecar["resources"] == {
         "requests": {"cpu": "50m", "memory": "64Mi"},
-        "limits": {"memory": "128Mi"},
+        # CPU too: namespaces with a LimitRange or a limits quota refuse pods without it.
+        "limits": {"cpu": "1", "memory": "128Mi"},
     }
     for probe, path in [
         ("startupProbe", "/healthz"),  # a missing key must not hold the app back
@@ -164,7 +166,12 @@ def test_volumes_mounted_whole_and_read_only() -> None:
 def test_security_context_is_restrictive() -> None:
     context = sidecar_of(inject(pod("web", "alpha"), runtime("alpha")))["securityContext"]
     assert context["runAsNonRoot"] is True
-    assert context["runAsUser"] == 65532
+    # No fixed UID: OpenShift's restricted-v2 assigns one from the namespace's range.
+    assert "runAsUser" not in context and "runAsGroup" not in context
+    # runAsNonRoot without runAsUser needs a numeric, non-root USER in the image.
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and all(u.split(":")[0].isdigit() and u.split(":")[0] != "0" for u in users)
     assert context["readOnlyRootFilesystem"] is True
     assert context["allowPrivilegeEscalation"] is False
     assert context["capabilities"] == {"drop": ["ALL"]}
