@@ -30,13 +30,12 @@ from pydantic import ValidationError
 from .context import OperatorContext
 from .kubeapi import KubeApiError, resource_path
 from .models import (
-    CONDITION_CREDENTIAL_RESOLVED,
     CONDITION_READY,
     OpenAiRuntimeSpec,
     render_sidecar_config,
 )
 from .posting import post_event
-from .rotation import after_rotation, as_body
+from .rotation import after_rotation, as_body, warn_unresolved
 from .status import (
     CredentialResolution,
     Observation,
@@ -264,15 +263,4 @@ async def _report(
                 log=logger,
             )
         return
-    resolved = change.status.condition(CONDITION_CREDENTIAL_RESOLVED)
-    if resolved is None or resolved.status == "True":
-        return
-    if new_generation or CONDITION_CREDENTIAL_RESOLVED in change.changed_conditions:
-        await post_event(
-            ctx,
-            written.runtime,
-            type="Warning",
-            reason=resolved.reason,
-            message=resolved.message,
-            log=logger,
-        )
+    await warn_unresolved(ctx, written.runtime, change, logger, again=new_generation)

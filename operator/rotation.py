@@ -35,7 +35,7 @@ from .models import (
     OpenAiRuntimeStatus,
 )
 from .posting import post_event
-from .status import Observation, resolve_credential, write_status
+from .status import Observation, StatusChange, resolve_credential, write_status
 
 __all__ = [
     "after_rotation",
@@ -47,6 +47,7 @@ __all__ = [
     "runtime_pods",
     "runtimes_by_secret",
     "secret_digest",
+    "warn_unresolved",
 ]
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -180,18 +181,32 @@ async def refresh_credential(
     )
     if change.rotated:
         await after_rotation(ctx, written.runtime, change.status, logger)
-    elif CONDITION_CREDENTIAL_RESOLVED in change.changed_conditions:
-        resolved = change.status.condition(CONDITION_CREDENTIAL_RESOLVED)
-        if resolved is not None and resolved.status != "True":
-            await post_event(
-                ctx,
-                written.runtime,
-                type="Warning",
-                reason=resolved.reason,
-                message=resolved.message,
-                log=logger,
-            )
+    else:
+        await warn_unresolved(ctx, written.runtime, change, logger)
     return change.rotated
+
+
+async def warn_unresolved(
+    ctx: OperatorContext,
+    runtime: Mapping[str, Any],
+    change: StatusChange,
+    logger: Logger,
+    *,
+    again: bool = False,
+) -> None:
+    """A Warning Event when the key cannot be resolved and that verdict is new (or ``again``)."""
+    resolved = change.status.condition(CONDITION_CREDENTIAL_RESOLVED)
+    if resolved is None or resolved.status == "True":
+        return
+    if again or CONDITION_CREDENTIAL_RESOLVED in change.changed_conditions:
+        await post_event(
+            ctx,
+            runtime,
+            type="Warning",
+            reason=resolved.reason,
+            message=resolved.message,
+            log=logger,
+        )
 
 
 async def on_secret_event(

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from .. import kustomize
+from ..k8svalidate import api_group, schema_problems
 
 helm = pytest.importorskip("helm_python")
 
@@ -199,10 +200,6 @@ def _flags(args: list[str]) -> dict[str, str | None]:
     return flags
 
 
-def _group(obj: Obj) -> str:
-    return obj["apiVersion"].rpartition("/")[0]
-
-
 def _is_watched_namespace_rbac(obj: Obj) -> bool:
     """A Role or RoleBinding granting the operator its rights in one watched namespace."""
     return obj["kind"] in {"Role", "RoleBinding"} and obj["metadata"]["name"].endswith("-operator")
@@ -257,19 +254,8 @@ def test_rendered_objects_have_identity(objects: Any, value_set: str) -> None:
 def test_rendered_objects_match_the_kubernetes_schema(
     objects: Any, value_set: str, version: str
 ) -> None:
-    kv = pytest.importorskip("kubernetes_validate")
-    if version == "latest":
-        version = kv.latest_version()
-    problems = []
-    for obj in objects(value_set):
-        if _group(obj) in CUSTOM_GROUPS:
-            continue  # test_custom_resources_have_their_shape
-        try:
-            kv.validate(obj, version, strict=True)
-        except kv.ValidationError as exc:
-            problems.append(
-                f"{obj['kind']}/{obj['metadata']['name']}: {exc.message} at {list(exc.path)}"
-            )
+    # Custom kinds: test_custom_resources_have_their_shape
+    problems = schema_problems(objects(value_set), version, CUSTOM_GROUPS)
     assert not problems, "\n".join(problems)
 
 
@@ -284,7 +270,7 @@ def test_custom_resources_have_their_shape(objects: Any, value_set: str) -> None
         "PodMonitor": "monitoring.coreos.com/v1",
     }
     for obj in objects(value_set):
-        if _group(obj) not in CUSTOM_GROUPS:
+        if api_group(obj) not in CUSTOM_GROUPS:
             continue
         assert expected.get(obj["kind"]) == obj["apiVersion"], obj["kind"]
         assert set(obj) <= {"apiVersion", "kind", "metadata", "spec"}
@@ -857,7 +843,7 @@ def test_long_release_names_stay_valid(chart: Any) -> None:
     release = "a-very-long-release-name-that-goes-on-and-on-for-ever-and-ever"
     objs = _objects_of(chart.render(None, name=release, namespace=NAMESPACE))
     for obj in objs:
-        if _group(obj) not in CUSTOM_GROUPS:
+        if api_group(obj) not in CUSTOM_GROUPS:
             kv.validate(obj, "1.30.0", strict=True)
     service = _one(objs, "Service")["metadata"]["name"]
     assert len(service) <= 63

@@ -343,7 +343,10 @@ async def test_readme_workstation_recipe_needs_only_the_runtime_crd(
     await eventually(
         lambda: ready_condition(kmock, namespace, name), "the example Ready", START, replicas
     )
-    assert "peering" not in replica.output().lower() or "Pausing" not in replica.output()
+    # No peering at all: nothing paused, nothing missing, no error.
+    assert "Pausing" not in replica.output()
+    assert not [rec for rec in replica.log_records() if rec.get("level") == "ERROR"]
+    assert not [r for r in list(kmock) if "kopf.dev" in str(r.url)]
 
 
 async def test_missing_peering_crd_is_an_error_saying_what_to_apply(
