@@ -95,14 +95,24 @@ def pricing_main(argv: Sequence[str]) -> int:
             return 1
         print(f"{cost.model}: {cost.usd:.6f} USD")
         return 0
-    print(f"{'model':24} {'input':>8} {'cached':>8} {'output':>8}   (USD per 1M tokens)")
-    for name in table.models():
-        found = table.lookup(name)
-        assert found is not None
-        price = found[1]
+    # The date says how old each list price is (when it was read from its
+    # source), so a stale one can be spotted and checked again.
+    print(
+        f"{'model':24} {'input':>8} {'cached':>8} {'output':>8}  {'as of':10}   (USD per 1M tokens)"
+    )
+    for entry in table.entries():
+        price, listed = entry.price, entry.listed
         cached = price.cached_input_per_mtok_usd
-        print(
-            f"{name:24} {price.input_per_mtok_usd:8.3f} "
-            f"{'-' if cached is None else f'{cached:.3f}':>8} {price.output_per_mtok_usd:8.3f}"
+        line = (
+            f"{entry.model:24} {price.input_per_mtok_usd:8.3f} "
+            f"{'-' if cached is None else f'{cached:.3f}':>8} {price.output_per_mtok_usd:8.3f}  "
+            f"{'override' if listed is None else listed.as_of.isoformat():10}"
         )
+        if listed is not None and listed.long_context is not None:
+            surcharge = listed.long_context
+            line += (
+                f"   prompts over {surcharge.above_prompt_tokens:,} tokens: "
+                f"input x{surcharge.input_multiplier:g}, output x{surcharge.output_multiplier:g}"
+            )
+        print(line)
     return 0

@@ -34,9 +34,22 @@ class Usage:
 
     @classmethod
     def from_payload(cls, usage: Any) -> Usage | None:
-        """Read a ``usage`` object leniently: wrong types count as zero, not as a crash."""
+        """Read a ``usage`` object leniently: wrong types count as zero, not as a crash.
+
+        Chat's and embeddings' names (``prompt_tokens``...) and the Responses
+        API's (``input_tokens``...) are both understood.
+        """
         if not isinstance(usage, dict):
             return None
+        if "prompt_tokens" not in usage and "input_tokens" in usage:
+            # The Responses API's names for the same counts.
+            usage = {
+                "prompt_tokens": usage.get("input_tokens"),
+                "completion_tokens": usage.get("output_tokens"),
+                "total_tokens": usage.get("total_tokens"),
+                "prompt_tokens_details": usage.get("input_tokens_details"),
+                "completion_tokens_details": usage.get("output_tokens_details"),
+            }
         prompt_details = usage.get("prompt_tokens_details")
         completion_details = usage.get("completion_tokens_details")
         prompt = _count(usage.get("prompt_tokens"))
