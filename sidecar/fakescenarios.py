@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "AUTH_ERRORS",
+    "AZURE_NOT_FOUND",
     "DEPLOYMENT_NOT_FOUND",
     "INVALID_JSON",
     "MID_STREAM",
@@ -26,8 +27,12 @@ __all__ = [
     "Reply",
     "azure_error",
     "canned",
+    "message_text",
     "models",
+    "not_found",
     "openai_error",
+    "operation_not_supported",
+    "split_text",
 ]
 
 SCENARIOS: dict[str, str] = {
@@ -111,7 +116,7 @@ def sse(payload: Any) -> bytes:
 # -- successful replies -------------------------------------------------------
 
 
-def _text(content: Any) -> str:
+def message_text(content: Any) -> str:
     """The text of a message ``content``: a string or a list of typed parts."""
     if isinstance(content, str):
         return content
@@ -122,7 +127,7 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _split(text: str, n: int) -> list[str]:
+def split_text(text: str, n: int) -> list[str]:
     """``text`` in ``n`` contiguous, non-empty, near-equal pieces (fewer if it is shorter)."""
     n = max(1, min(n, len(text)))
     size, extra = divmod(len(text), n)
@@ -151,6 +156,7 @@ class Reply:
     cached_tokens: int
     azure: bool
     filters: dict[str, Any] = field(default_factory=lambda: FILTER_OK)
+    reasoning_tokens: int = 0
 
     @classmethod
     def build(
@@ -163,30 +169,33 @@ class Reply:
         cached_tokens: int,
         azure: bool,
         scenario: str | None,
+        reasoning_tokens: int = 0,
     ) -> Reply:
         messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
         user = [m for m in messages if m.get("role") == "user"]
-        text = "Echo: " + (_text(user[-1].get("content"))[:40] if user else "")
-        pieces = _split(text, chunks)
+        text = "Echo: " + (message_text(user[-1].get("content"))[:40] if user else "")
+        pieces = split_text(text, chunks)
         finish, filters = "stop", FILTER_OK
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         if isinstance(limit, int) and 0 < limit < len(pieces):
             pieces, finish = pieces[:limit], "length"
         if scenario == "content-filter-finish":
             pieces, finish, filters = pieces[:2], "content_filter", FILTER_HIT
-        prompt = sum(len(_text(m.get("content"))) for m in messages) // 4 + 7
-        return cls(id, model, pieces, finish, prompt, cached_tokens, azure, filters)
+        prompt = sum(len(message_text(m.get("content"))) for m in messages) // 4 + 7
+        return cls(
+            id, model, pieces, finish, prompt, cached_tokens, azure, filters, reasoning_tokens
+        )
 
     @property
     def usage(self) -> dict[str, Any]:
-        completion = len(self.pieces)
+        completion = len(self.pieces) + self.reasoning_tokens
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": self.reasoning_tokens,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
@@ -334,6 +343,7 @@ AUTH_ERRORS: dict[str, dict[str, Any]] = {
         "endpoint for your resource.",
     ),
 }
+AZURE_NOT_FOUND = azure_error("404", "Resource not found")
 DEPLOYMENT_NOT_FOUND = azure_error(
     "DeploymentNotFound",
     "The API deployment for this resource does not exist. If you created the deployment within "
@@ -345,6 +355,21 @@ INVALID_JSON = openai_error(
     "sent was not valid JSON.)",
     "invalid_request_error",
 )
+
+
+def operation_not_supported(operation: str, model: str) -> dict[str, Any]:
+    """Azure's 400 for a deployment whose model cannot do ``operation`` (embeddings on gpt-4o)."""
+    return azure_error(
+        "OperationNotSupported",
+        f"The {operation} operation does not work with the specified model, {model}. Please "
+        "choose different model and try again. You can learn more about which models can be "
+        "used with each operation here: https://go.microsoft.com/fwlink/?linkid=2197993.",
+    )
+
+
+def not_found(message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's 404 body for a missing object (file, batch, response...)."""
+    return openai_error(message, "invalid_request_error", param)
 
 
 def models(names: set[str]) -> dict[str, Any]:

@@ -5,32 +5,49 @@ and in users' offline tests it forwards here instead::
 
     app ──▶ sidecar (localhost) ──▶ FakeUpstream  (instead of api.openai.com / Azure)
 
-It speaks both wire dialects closely enough for the official ``openai`` SDK:
+It speaks both wire dialects closely enough for the official ``openai`` SDK,
+across the API surface (:mod:`.fakeroutes` has the table):
 
-* Direct: ``POST /v1/chat/completions`` (``Authorization: Bearer <key>``) and
-  ``GET /v1/models``; ``base_url = url + "/v1"``.
-* Azure: ``POST /openai/deployments/{deployment}/chat/completions?api-version=...``
-  (``api-key`` header); ``azure_endpoint = url``. Streams carry Azure's quirks:
-  an empty first chunk with ``prompt_filter_results``, ``content_filter_results``
-  on chunks and a filter-only chunk without ``delta``.
+* Direct, under ``/v1`` (``Authorization: Bearer <key>``; ``base_url = url + "/v1"``):
+  ``POST /chat/completions``, ``/completions``, ``/embeddings``, ``/responses``
+  (``GET``/``DELETE /responses/{id}``), ``/moderations``, ``/images/generations``,
+  ``/audio/transcriptions``, ``/audio/translations``, ``/audio/speech``;
+  ``/files`` (upload, list, retrieve, ``/content``, delete), ``/batches`` (create,
+  list, retrieve, ``/cancel``), ``/vector_stores`` (create, list, retrieve,
+  update, delete), ``GET /models`` and ``/models/{model}``.
+* Azure (``api-key`` header; ``azure_endpoint = url``): inference under
+  ``/openai/deployments/{deployment}/...?api-version=...`` (an unknown deployment
+  is Azure's ``DeploymentNotFound``), files, batches, vector stores, models and
+  responses (``model`` = deployment) under ``/openai/...?api-version=...``, and
+  everything Direct has under Azure's GA ``/openai/v1/...`` (no api-version).
+  Chat streams carry Azure's quirks: an empty first chunk with
+  ``prompt_filter_results``, ``content_filter_results`` on chunks and a
+  filter-only chunk without ``delta``.
 
-Replies are a fixed function of the request (see :class:`~.fakescenarios.Reply`),
-so tests assert exact content, usage and ids (``chatcmpl-<n>``, ``n`` counting
-requests). Request headers steer it:
+Replies are a fixed function of the request (see :class:`~.fakescenarios.Reply`
+and :mod:`.fakereplies`), so tests assert exact content, usage and ids
+(``chatcmpl-<n>``, ``resp_<n>``, ``file-<n>``..., ``n`` counting requests).
+Uploads are read streaming (:mod:`.fakerecords`): a file costs its size and
+sha256, never its bytes. Request headers steer it:
 
 ``x-fake-scenario``
     One of the scenarios below (Direct also takes the model ``fake-<scenario>``).
+    Every route plays them, after reading the body.
 ``x-fake-fail-times`` / ``x-fake-sequence``
     The first N requests of a sequence play the scenario (``server-error`` if
     none), later ones succeed: retries can be tested deterministically.
 ``x-fake-hold``
-    Pause a stream after its first content chunk (any other answer: before it
-    is sent) until :meth:`FakeUpstream.release`; :meth:`FakeUpstream.wait_held`
-    tells when streams are paused there. A released gate stays open.
+    Pause a stream or download after its first piece (any other answer: before
+    it is sent) until :meth:`FakeUpstream.release`; :meth:`FakeUpstream.wait_held`
+    tells when requests are paused there. A released gate stays open.
 ``x-fake-delay``, ``x-fake-status``, ``x-fake-retry-after``, ``x-fake-retry-after-ms``
     Parameters of the scenarios.
-``x-fake-cached-tokens``, ``x-fake-remaining-requests``, ``x-fake-remaining-tokens``
-    ``usage.prompt_tokens_details.cached_tokens`` and the ``x-ratelimit-remaining-*`` headers.
+``x-fake-cached-tokens``, ``x-fake-reasoning-tokens``
+    Usage details of chat and Responses answers.
+``x-fake-remaining-requests``, ``x-fake-remaining-tokens``
+    The ``x-ratelimit-remaining-*`` headers.
+``x-fake-bytes``
+    The size of ``/audio/speech`` audio (default 400 bytes per input character).
 
 Scenarios: ``rate-limit``, ``rate-limit-ms``, ``rate-limit-date``,
 ``insufficient-quota``, ``server-error``, ``overloaded``, ``status``,
@@ -40,8 +57,9 @@ Scenarios: ``rate-limit``, ``rate-limit-ms``, ``rate-limit-date``,
 ``reset-before-headers``, ``truncated``, ``inband-error``
 (:data:`~.fakescenarios.SCENARIOS` says what each does).
 
-Every request is kept in :attr:`FakeUpstream.requests` with a key fingerprint,
-never the key. Nothing logs request bodies or keys. Run it alone with
+Every request is kept in :attr:`FakeUpstream.requests` (a
+:class:`~.fakerecords.RecordedRequest`) with a key fingerprint, never the key.
+Nothing logs request bodies or keys. Run it alone with
 ``openai_runtime_sidecar.fakeupstream.main`` (``--host``, ``--port``, ``--key``).
 """
 
@@ -50,8 +68,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import re
 import signal
@@ -62,7 +78,21 @@ from typing import Any
 
 from aiohttp import web
 
+from . import fakeroutes as routes
 from . import fakescenarios as fs
+from .fakerecords import (
+    MAX_JSON,
+    BadBody,
+    Call,
+    Misuse,
+    RecordedRequest,
+    fingerprint,
+    media_type,
+    number,
+    read_form,
+    read_json,
+)
+from .fakestore import KEEP_FILE, Store
 
 __all__ = ["FakeUpstream", "RecordedRequest", "main"]
 
@@ -71,44 +101,18 @@ log = logging.getLogger(__name__)
 DEFAULT_DEPLOYMENTS = {
     "gpt-4o-prod": "gpt-4o-2024-08-06",
     "gpt-4o-mini-prod": "gpt-4o-mini-2024-07-18",
+    "text-embedding-3-small-prod": "text-embedding-3-small",
+    "gpt-35-turbo-instruct-prod": "gpt-35-turbo-instruct",
+    "whisper-prod": "whisper",
+    "tts-prod": "tts",
+    "dall-e-3-prod": "dall-e-3",
 }
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage", "user-agent", "x-stainless-retry-count")
 _ID_HEADERS = ("x-request-id", "x-client-request-id", "x-ms-client-request-id")
-_RECORDED_HEADERS = frozenset(_TRACE_HEADERS + _ID_HEADERS)
+_API_HEADERS = ("idempotency-key", "openai-beta", "openai-organization", "openai-project")
+_RECORDED_HEADERS = frozenset(_TRACE_HEADERS + _ID_HEADERS + _API_HEADERS)
 """Harmless request headers kept in :attr:`RecordedRequest.headers` (with all ``x-fake-*``)."""
-
-
-def _fingerprint(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-@dataclass
-class RecordedRequest:
-    """What upstream saw of one request. Holds a fingerprint of the key, never the key.
-
-    ``outcome`` is ``pending`` while it runs, then ``ok``, ``error:<status>``,
-    ``reset``, ``cancelled`` (the client left), ``truncated``,
-    ``inband-error`` or ``garbage``.
-    """
-
-    variant: str
-    path: str
-    key_fingerprint: str = ""
-    model: str | None = None
-    deployment: str | None = None
-    stream: bool = False
-    include_usage: bool = False
-    scenario: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    body: dict[str, Any] = field(default_factory=dict)
-    started_at: float = field(default_factory=time.monotonic)
-    finished_at: float | None = None
-    outcome: str = "pending"
-
-
-class _Misuse(Exception):
-    """A malformed ``x-fake-*`` header: answered 400 so the test's mistake is loud."""
 
 
 @dataclass
@@ -116,14 +120,6 @@ class _Gate:
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     held: int = 0
-
-
-@dataclass
-class _Call:
-    request: web.Request
-    rec: RecordedRequest
-    number: int
-    api_version: str = ""
 
 
 class FakeUpstream:
@@ -146,6 +142,8 @@ class FakeUpstream:
         self.chunks = max(1, chunks)
         self.chunk_delay = chunk_delay
         self.rate_limit_headers = rate_limit_headers
+        self.store = Store()
+        """Files, batches, vector stores and stored responses (:mod:`.fakestore`)."""
         self._sequences: dict[str, int] = {}
         self._gates: dict[str, _Gate] = {}
         self._closing = asyncio.Event()
@@ -189,12 +187,11 @@ class FakeUpstream:
         """The routes, for embedding. Serve it with ``handler_cancellation=True``
         (as :meth:`start` and aiohttp's ``TestServer`` do) so that a client going
         away ends ``hang``, holds and stalls."""
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._handle, name="chat")
-        app.router.add_post(
-            "/openai/deployments/{deployment}/chat/completions", self._handle, name="azure"
-        )
-        app.router.add_get("/v1/models", self._handle, name="models")
+        # Uploads are streamed whatever their size; only a JSON body is read whole.
+        app = web.Application(client_max_size=MAX_JSON)
+        for route in routes.ROUTES.values():
+            method, path = route.endpoint.method, route.path
+            app.router.add_route(method, path, self._handle, name=route.name)
         app.router.add_route("*", "/{tail:.*}", self._handle, name="unknown")
         return app
 
@@ -229,28 +226,42 @@ class FakeUpstream:
     # -- request handling ---------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        variant = "azure" if "deployment" in request.match_info else "direct"
+        route = routes.ROUTES.get(request.match_info.route.name or "")
+        if route is not None:
+            variant = route.variant
+        else:
+            variant = "azure" if request.path.startswith("/openai/") else "direct"
         headers = {
             name: value
             for name, value in ((k.lower(), v) for k, v in request.headers.items())
             if name in _RECORDED_HEADERS or name.startswith("x-fake-")
         }
-        rec = RecordedRequest(variant, request.path, headers=headers)
+        rec = RecordedRequest(
+            variant,
+            request.path,
+            headers=headers,
+            method=request.method,
+            endpoint=route.endpoint.name if route else "",
+            query=dict(request.query),
+            content_type=media_type(request.headers.get("Content-Type")),
+        )
         self.requests.append(rec)
-        call = _Call(request, rec, len(self.requests))
+        call = Call(request, rec, len(self.requests), route=route)
         try:
             try:
                 resp = await self._dispatch(call)
-            except _Misuse as exc:
+            except Misuse as exc:
                 body = fs.openai_error(str(exc), "invalid_request_error", code="fake_misuse")
                 resp = self._json(call, 400, body)
+            except BadBody as exc:
+                resp = self._json(call, exc.status, exc.payload)
             gate = request.headers.get("x-fake-hold")
             if gate and not resp.prepared and rec.outcome != "reset":
                 await self._hold(gate)
             if rec.outcome == "pending":
                 rec.outcome = "ok" if resp.status < 400 else f"error:{resp.status}"
             return resp
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionError):
             rec.outcome = "cancelled"
             raise
         finally:
@@ -264,140 +275,134 @@ class FakeUpstream:
                 rec.outcome,
             )
 
-    async def _dispatch(self, call: _Call) -> web.StreamResponse:
-        request, rec = call.request, call.rec
-        route = request.match_info.route.name
-        if route == "unknown":
+    async def _dispatch(self, call: Call) -> web.StreamResponse:
+        """The checks every route shares: URL, api-version, key, deployment; then the body,
+        the scenario, and the route's handler."""
+        request, rec, route = call.request, call.rec, call.route
+        if route is None:
+            if rec.variant == "azure":
+                return self._json(call, 404, fs.AZURE_NOT_FOUND)
             message = f"Invalid URL ({request.method} {request.path})"
             return self._json(call, 404, fs.openai_error(message, "invalid_request_error"))
-        if route == "azure":
+        bearer_scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        bearer = bearer.strip() if bearer_scheme.lower() == "bearer" else ""
+        if route.dialect == "azure":
             call.api_version = request.query.get("api-version", "")
             if not call.api_version:
-                return self._json(call, 404, fs.azure_error("404", "Resource not found"))
+                return self._json(call, 404, fs.AZURE_NOT_FOUND)
             if not _API_VERSION.fullmatch(call.api_version):
-                body = fs.azure_error("BadRequest", "API version not supported")
-                return self._json(call, 400, body)
+                error = fs.azure_error("BadRequest", "API version not supported")
+                return self._json(call, 400, error)
             key = request.headers.get("api-key", "")
+        elif route.dialect == "azure-v1":  # the GA routes also take the key as a Bearer token
+            key = request.headers.get("api-key", "") or bearer
         else:
-            scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-            key = key.strip() if scheme.lower() == "bearer" else ""
-        rec.key_fingerprint = _fingerprint(key) if key else ""
+            key = bearer
+        rec.key_fingerprint = fingerprint(key) if key else ""
         if not key or (self._keys is not None and key not in self._keys):
             return self._json(call, 401, fs.AUTH_ERRORS[rec.variant])
-        if route == "models":
-            names = {*fs.MODEL_ALIASES, *fs.MODEL_ALIASES.values(), *self.deployments.values()}
-            return self._json(call, 200, fs.models(names))
-        if route == "azure":
+        if "deployment" in request.match_info:
             rec.deployment = request.match_info["deployment"]
             rec.model = self.deployments.get(rec.deployment)
             if rec.model is None:
                 return self._json(call, 404, fs.DEPLOYMENT_NOT_FOUND)
-        return await self._chat(call)
-
-    async def _chat(self, call: _Call) -> web.StreamResponse:
-        request, rec = call.request, call.rec
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return self._json(call, 400, fs.INVALID_JSON)
-        rec.body = body
-        if not isinstance(body.get("messages"), list):
-            message = "Missing required parameter: 'messages'."
-            if "messages" in body:
-                message = "Invalid type for 'messages': expected an array."
-            error = fs.openai_error(message, "invalid_request_error", "messages")
-            return self._json(call, 400, error)
+        endpoint = route.endpoint
+        if endpoint.body == "self":
+            return await endpoint.handler(self, call, {})
+        body: dict[str, Any] = {}
+        if endpoint.body == "json":
+            body = await read_json(call)
+        elif endpoint.body == "form":
+            body = dict((await read_form(call, keep=KEEP_FILE)).fields)
         model = body.get("model")
-        if rec.variant == "direct":
-            if not isinstance(model, str) or not model:
-                error = fs.openai_error(
-                    "you must provide a model parameter", "invalid_request_error"
-                )
-                return self._json(call, 400, error)
-            rec.model = model
-        options = body.get("stream_options")
-        rec.stream = body.get("stream") is True
-        rec.include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        if options is not None and not rec.stream:
-            message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
-            error = fs.openai_error(message, "invalid_request_error", "stream_options")
-            return self._json(call, 400, error)
+        if isinstance(model, str) and model and (missing := self._named(call, model)):
+            return missing
+        rec.scenario = self._scenario(request, model if rec.variant == "direct" else None)
+        call.delay = number(request, "x-fake-delay", 0.5)
+        failed = await self._fail(call)
+        return failed if failed is not None else await endpoint.handler(self, call, body)
 
-        scenario = rec.scenario = self._scenario(
-            request, model if rec.variant == "direct" else None
-        )
-        delay = _number(request, "x-fake-delay", 0.5)
+    async def _fail(self, call: Call) -> web.StreamResponse | None:
+        """The answer of a scenario that strikes before any content, or ``None``."""
+        scenario, rec = call.rec.scenario, call.rec
         if scenario == "hang":
             await self._closing.wait()  # a client leaving cancels this; stop() ends it
             scenario = "reset-before-headers"
         if scenario == "reset-before-headers":
             return self._abort(call, web.Response())
         if scenario == "slow-first-byte":
-            await asyncio.sleep(delay)
+            await asyncio.sleep(call.delay)
         try:
-            canned = fs.canned(scenario, rec.variant, request.headers, call.api_version)
+            canned = fs.canned(scenario, rec.variant, call.request.headers, call.api_version)
         except ValueError as exc:
-            raise _Misuse(str(exc)) from exc
-        if canned is not None:
-            if scenario == "garbage":
-                rec.outcome = "garbage"
-            headers = self._headers(call) | canned.headers | {"Content-Type": canned.content_type}
-            return web.Response(status=canned.status, body=canned.body, headers=headers)
+            raise Misuse(str(exc)) from exc
+        if canned is None:
+            return None
+        if scenario == "garbage":
+            rec.outcome = "garbage"
+        headers = self._headers(call) | canned.headers | {"Content-Type": canned.content_type}
+        return web.Response(status=canned.status, body=canned.body, headers=headers)
 
-        assert rec.model is not None
-        reply = fs.Reply.build(
-            body,
-            id=f"chatcmpl-{call.number}",
-            model=rec.model
-            if rec.variant == "azure"
-            else fs.MODEL_ALIASES.get(rec.model, rec.model),
-            chunks=self.chunks,
-            cached_tokens=int(_number(request, "x-fake-cached-tokens", 0)),
-            azure=rec.variant == "azure",
-            scenario=scenario,
-        )
-        if rec.stream:
-            frames = reply.frames(rec.include_usage)
-            cut = min(2, sum(kind == "content" for kind, _ in frames))
-            return await self._write(call, frames, scenario, delay, cut)
-        if scenario == "inband-error":
-            return self._json(call, 200, fs.INBAND_ERROR)
-        payload = fs.dumps(reply.completion())
-        if scenario in fs.MID_STREAM:  # a non-streamed body breaks halfway
-            half = len(payload) // 2
-            halves = [("content", payload[:half]), ("content", payload[half:])]
-            return await self._write(call, halves, scenario, delay, 1)
-        return self._json(call, 200, reply.completion())
+    def _named(self, call: Call, model: str) -> web.Response | None:
+        """Take the body's ``model``; on Azure's resource-level and ``/openai/v1`` routes it
+        names a deployment, which must exist (then the answer is ``None``)."""
+        rec = call.rec
+        if rec.deployment is not None:  # named by the path
+            return None
+        if rec.variant == "direct":
+            rec.model = model
+            return None
+        rec.deployment, rec.model = model, self.deployments.get(model)
+        return None if rec.model is not None else self._json(call, 404, fs.DEPLOYMENT_NOT_FOUND)
 
     def _scenario(self, request: web.Request, model: Any) -> str | None:
         scenario = request.headers.get("x-fake-scenario") or None
         if scenario is None and isinstance(model, str) and model.startswith("fake-"):
             scenario = model.removeprefix("fake-")
         if scenario is not None and scenario not in fs.SCENARIOS:
-            raise _Misuse(f"unknown x-fake-scenario {scenario!r}; known: {', '.join(fs.SCENARIOS)}")
+            raise Misuse(f"unknown x-fake-scenario {scenario!r}; known: {', '.join(fs.SCENARIOS)}")
         if "x-fake-fail-times" not in request.headers:
             return scenario
-        times = _number(request, "x-fake-fail-times", 0)
+        times = number(request, "x-fake-fail-times", 0)
         sequence = request.headers.get("x-fake-sequence", "")
         seen = self._sequences.get(sequence, 0)
         self._sequences[sequence] = seen + 1
         return (scenario or "server-error") if seen < times else None
 
+    async def _reply(
+        self, call: Call, payload: Any, content_type: str = "application/json"
+    ) -> web.StreamResponse:
+        """A non-streamed 200, or how a scenario breaks it (halfway, or an error body)."""
+        scenario = call.rec.scenario
+        if scenario == "inband-error":
+            return self._json(call, 200, fs.INBAND_ERROR)
+        data = payload if isinstance(payload, bytes) else fs.dumps(payload)
+        if scenario in fs.MID_STREAM:  # a non-streamed body breaks halfway
+            half = len(data) // 2
+            halves = [("content", data[:half]), ("content", data[half:])]
+            return await self._write(call, halves, 1, content_type=content_type)
+        headers = self._headers(call) | {"Content-Type": content_type}
+        return web.Response(status=200, body=data, headers=headers)
+
     async def _write(
         self,
-        call: _Call,
-        frames: list[tuple[str, bytes]],
-        scenario: str | None,
-        delay: float,
+        call: Call,
+        frames: Iterable[tuple[str, bytes]],
         cut: int,
+        *,
+        content_type: str,
+        hold: bool = False,
+        inband: bytes = fs.sse(fs.INBAND_ERROR),
     ) -> web.StreamResponse:
-        """Send ``frames`` one write each; mid-stream scenarios strike after ``cut`` pieces."""
-        sse = call.rec.stream
+        """Send ``frames`` one write each (a lazy iterable keeps big downloads out of memory).
+
+        Mid-stream scenarios strike after ``cut`` content pieces; with ``hold``,
+        ``x-fake-hold`` pauses after the first one.
+        """
+        scenario, delay = call.rec.scenario, call.delay
         resp = web.StreamResponse(headers=self._headers(call))
-        resp.content_type = "text/event-stream" if sse else "application/json"
-        gate = call.request.headers.get("x-fake-hold") if sse else None
+        resp.content_type = content_type
+        gate = call.request.headers.get("x-fake-hold") if hold else None
         try:
             await resp.prepare(call.request)
             sent = 0
@@ -418,7 +423,7 @@ class FakeUpstream:
                     return self._abort(call, resp)
                 else:  # truncated, inband-error: a clean end without the rest
                     if scenario == "inband-error":
-                        await resp.write(fs.sse(fs.INBAND_ERROR))
+                        await resp.write(inband)
                     call.rec.outcome = scenario
                     await resp.write_eof()
                     return resp
@@ -428,7 +433,7 @@ class FakeUpstream:
             call.rec.outcome = "cancelled"
         return resp
 
-    def _abort(self, call: _Call, resp: web.StreamResponse) -> web.StreamResponse:
+    def _abort(self, call: Call, resp: web.StreamResponse) -> web.StreamResponse:
         """Drop the TCP connection; aiohttp's later writes fail quietly."""
         call.rec.outcome = "reset"
         resp.force_close()
@@ -436,7 +441,7 @@ class FakeUpstream:
             transport.abort()
         return resp
 
-    def _headers(self, call: _Call) -> dict[str, str]:
+    def _headers(self, call: Call) -> dict[str, str]:
         n, get = call.number, call.request.headers.get
         elapsed = int((time.monotonic() - call.rec.started_at) * 1000)
         if call.rec.variant == "azure":
@@ -455,22 +460,9 @@ class FakeUpstream:
             }
         return headers
 
-    def _json(self, call: _Call, status: int, payload: Any) -> web.Response:
+    def _json(self, call: Call, status: int, payload: Any) -> web.Response:
         headers = self._headers(call) | {"Content-Type": "application/json"}
         return web.Response(status=status, body=fs.dumps(payload), headers=headers)
-
-
-def _number(request: web.Request, name: str, default: float) -> float:
-    raw = request.headers.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise _Misuse(f"{name} must be a non-negative number, not {raw!r}")
-    return value
 
 
 async def _serve(upstream: FakeUpstream, host: str, port: int) -> None:

@@ -695,6 +695,47 @@ async def test_stop_releases_held_and_hanging_requests(session: aiohttp.ClientSe
     assert isinstance(await hanging, aiohttp.ServerDisconnectedError)
 
 
+async def test_chat_records_the_request_and_reports_reasoning_tokens(
+    fake: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    body = chat_body()
+    headers = auth() | {"x-fake-reasoning-tokens": "5", "Idempotency-Key": "chat-1"}
+    async with session.post(
+        fake.url + "/v1/chat/completions?trace=1", json=body, headers=headers
+    ) as r:
+        usage = (await r.json())["usage"]
+    assert usage["completion_tokens"] == 4 + 5
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 5
+    [rec] = fake.requests
+    assert (rec.method, rec.endpoint, rec.query) == ("POST", "chat.completions", {"trace": "1"})
+    assert rec.content_type == "application/json"
+    assert rec.body_bytes == len(json.dumps(body).encode())
+    assert rec.headers["idempotency-key"] == "chat-1"
+    assert (rec.form, rec.uploads) == ({}, [])
+
+
+async def test_azure_v1_chat_names_the_deployment_in_the_body(
+    fake: FakeUpstream, session: aiohttp.ClientSession
+) -> None:
+    url = fake.url + "/openai/v1/chat/completions"
+    body = {"model": "gpt-4o-prod", "messages": [USER], "stream": True}
+    async with session.post(url, json=body, headers=auth()) as r:
+        assert r.headers["apim-request-id"]
+        first, *_ = events(await r.read())
+    assert "prompt_filter_results" in first, "Azure's quirks on its v1 routes too"
+    async with session.post(url, json=body | {"model": "nope"}, headers={"api-key": KEY}) as r:
+        assert r.status == 404
+        assert (await r.json())["error"]["code"] == "DeploymentNotFound"
+    ok, missing = fake.requests
+    assert (ok.variant, ok.deployment, ok.model, ok.query) == (
+        "azure",
+        "gpt-4o-prod",
+        "gpt-4o-2024-08-06",
+        {},
+    )
+    assert missing.deployment == "nope" and missing.key_fingerprint == fingerprint(KEY)
+
+
 # -- records and the command line -------------------------------------------------
 
 
