@@ -113,12 +113,21 @@ class LimitSettings(_Model):
         ge=1024,
         description="Largest request body in bytes (images travel inline); 413 above it.",
     )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest upload in bytes (files, upload parts, audio, image edits: streamed "
+            "through, never held whole); 413 above it. Default OpenAI's 512 MB file limit."
+        ),
+    )
     body_timeout: Duration = Field(
         default=30.0,
         description=(
             "Seconds a client may take to send its whole request body once its "
-            "headers arrived; 408 and the connection closed after it, so a stalled "
-            "client cannot hold a connection forever."
+            "headers arrived (uploads: the longest pause between two pieces of it); "
+            "408 and the connection closed after it, so a stalled client cannot hold "
+            "a connection forever."
         ),
     )
 

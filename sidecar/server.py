@@ -24,12 +24,20 @@ from aiohttp import web
 
 from .logs import request_fields
 from .runner import CallInfo, CircuitOpen, LocalRateLimited, RunnerError, UpstreamError
+from .runner.config import AzureVariant
 
 if TYPE_CHECKING:
     from .app import Sidecar
     from .telemetry import CallTrace
 
-__all__ = ["build_api_app", "openai_error"]
+__all__ = [
+    "BadRequest",
+    "build_api_app",
+    "error_response",
+    "forward_headers",
+    "openai_error",
+    "passthrough",
+]
 
 log = logging.getLogger("openai_runtime.requests")
 
@@ -144,15 +152,15 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _passthrough(headers: Mapping[str, str]) -> dict[str, str]:
+def passthrough(headers: Mapping[str, str]) -> dict[str, str]:
     lowered = {key.lower(): value for key, value in headers.items()}
     return {name: lowered[name] for name in _PASS_HEADERS if name in lowered}
 
 
-def _error_response(err: RunnerError) -> web.Response:
+def error_response(err: RunnerError) -> web.Response:
     headers = dict(err.response_headers())
     if isinstance(err, UpstreamError):
-        headers.update(_passthrough(err.headers))
+        headers.update(passthrough(err.headers))
         for name in ("retry-after", "retry-after-ms"):
             value = next((v for k, v in err.headers.items() if k.lower() == name), None)
             if value is not None:
@@ -171,15 +179,6 @@ class ApiHandlers:
     def __init__(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
 
-    async def models(self, request: web.Request) -> web.Response:
-        settings = self.sidecar.config.models
-        names = list(settings.allow) or ([settings.default] if settings.default else [])
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "openai-runtime"}
-            for name in names
-        ]
-        return web.json_response({"object": "list", "data": data})
-
     async def chat(self, request: web.Request) -> web.StreamResponse:
         sidecar = self.sidecar
         started = time.monotonic()
@@ -192,14 +191,23 @@ class ApiHandlers:
         # (the handler is cancelled) is still logged and accounted.
         opened: list[CallInfo] = []
         try:
-            body = await self._read_body(request)
+            deployment = self._deployment(request)
+            body = await self._read_body(request, model_required=deployment is None)
+            variant = sidecar.config.variant.selected
+            if deployment is None and isinstance(variant, AzureVariant):
+                # As on Azure, a model that names a served deployment chooses it.
+                named = body.get("model")
+                deployment = named if isinstance(named, str) and variant.allows(named) else None
             stream = body.get("stream") is True
-            trace.set_request(model=body["model"], stream=stream)
+            trace.set_request(model=body.get("model"), stream=stream)
             extra = forward_headers(request.headers)
+            target = {"deployment": deployment, "api_version": request.query.get("api-version")}
             if stream:
-                response, info, error = await self._stream(request, body, extra, trace, opened)
+                response, info, error = await self._stream(
+                    request, body, extra, trace, opened, target
+                )
             else:
-                response, info, error = await self._chat(body, extra, trace)
+                response, info, error = await self._chat(body, extra, trace, target)
             status = response.status
             return response
         except BadRequest as bad:
@@ -224,8 +232,29 @@ class ApiHandlers:
             )
             log.info("request", extra={"fields": fields})
 
-    async def _read_body(self, request: web.Request) -> dict[str, Any]:
-        """The validated request with its model resolved against the allow-list."""
+    def _deployment(self, request: web.Request) -> str | None:
+        """The Azure deployment an Azure-style URL names, if the runtime serves it."""
+        deployment = request.match_info.get("deployment")
+        variant = self.sidecar.config.variant.selected
+        if deployment is None or not isinstance(variant, AzureVariant):
+            return None  # an OpenAI runtime: the URL's deployment means nothing upstream
+        if not variant.allows(deployment):
+            allowed = ", ".join([variant.deployment, *variant.deployments])
+            raise BadRequest(
+                f"The deployment '{deployment}' is not served by this runtime "
+                f"(allowed: {allowed}).",
+                "deployment_not_allowed",
+            )
+        return deployment
+
+    async def _read_body(
+        self, request: web.Request, *, model_required: bool = True
+    ) -> dict[str, Any]:
+        """The validated request with its model resolved against the allow-list.
+
+        On an Azure deployment route the deployment chooses the model, so a
+        body may name none, as on Azure.
+        """
         config = self.sidecar.config
         try:
             async with asyncio.timeout(config.limits.body_timeout):
@@ -249,6 +278,8 @@ class ApiHandlers:
             raise BadRequest("The request body could not be decoded.", "invalid_body") from None
         body = parse_chat_body(raw)
         models = config.models
+        if not model_required and not body.get("model"):
+            return body
         model = models.resolve(body.get("model"))
         if model is None:
             requested = body.get("model")
@@ -264,15 +295,25 @@ class ApiHandlers:
         return body
 
     async def _chat(
-        self, body: dict[str, Any], extra: dict[str, str], trace: CallTrace
+        self,
+        body: dict[str, Any],
+        extra: dict[str, str],
+        trace: CallTrace,
+        target: Mapping[str, str | None],
     ) -> tuple[web.Response, CallInfo | None, RunnerError | None]:
         runner = self.sidecar.runner
         try:
-            result = await runner.chat(body, headers=extra, observer=trace)
+            result = await runner.chat(
+                body,
+                headers=extra,
+                observer=trace,
+                deployment=target.get("deployment"),
+                api_version=target.get("api_version"),
+            )
         except RunnerError as err:
-            return _error_response(err), err.info, err
+            return error_response(err), err.info, err
         info = result.info
-        headers = _passthrough(result.headers)
+        headers = passthrough(result.headers)
         headers["Content-Type"] = "application/json"
         headers["x-openai-runtime-attempts"] = str(info.attempts)
         if info.cost is not None and info.cost.priced:
@@ -286,14 +327,21 @@ class ApiHandlers:
         extra: dict[str, str],
         trace: CallTrace,
         opened: list[CallInfo],
+        target: Mapping[str, str | None],
     ) -> tuple[web.StreamResponse, CallInfo | None, RunnerError | None]:
         runner = self.sidecar.runner
         try:
-            handle = await runner.stream(body, headers=extra, observer=trace)
+            handle = await runner.stream(
+                body,
+                headers=extra,
+                observer=trace,
+                deployment=target.get("deployment"),
+                api_version=target.get("api_version"),
+            )
         except RunnerError as err:
-            return _error_response(err), err.info, err
+            return error_response(err), err.info, err
         opened.append(handle.info)
-        headers = _passthrough(handle.headers)
+        headers = passthrough(handle.headers)
         headers.update(
             {
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -362,10 +410,20 @@ def build_api_app(sidecar: Sidecar) -> web.Application:
         client_max_size=sidecar.config.limits.max_request_bytes,
         middlewares=[_openai_errors],
     )
+    from .surface import SurfaceHandlers  # it builds on this module's helpers
+
     handlers = ApiHandlers(sidecar)
     app.router.add_post("/v1/chat/completions", handlers.chat)
     app.router.add_post("/chat/completions", handlers.chat)
     # Apps written for Azure may keep their SDK and point it here.
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", handlers.chat)
-    app.router.add_get("/v1/models", handlers.models)
+    app.router.add_post("/openai/v1/chat/completions", handlers.chat)
+    # Everything else an SDK may call: one path for all of it.
+    surface = SurfaceHandlers(sidecar)
+    app.router.add_route("*", "/v1/{tail:.+}", surface.v1)
+    app.router.add_route(
+        "*", "/openai/deployments/{deployment}/{tail:.+}", surface.azure_deployment
+    )
+    app.router.add_route("*", "/openai/v1/{tail:.+}", surface.azure_v1)
+    app.router.add_route("*", "/openai/{tail:.+}", surface.azure_resource)
     return app

@@ -293,6 +293,7 @@ class CallTrace:
         self.span = span
         self._model = model
         self._stream = stream
+        self._operation = "chat"
         self._started = _monotonic()
         self._attempts: dict[int, Span] = {}
         self._last_error: str | None = None
@@ -303,12 +304,20 @@ class CallTrace:
         """The trace id as 32 hex digits, for log lines."""
         return format(self.span.get_span_context().trace_id, "032x")
 
-    def set_request(self, *, model: str | None, stream: bool) -> None:
-        """Name the call once the body is parsed (the span starts before it is read)."""
+    def set_request(self, *, model: str | None, stream: bool, operation: str | None = None) -> None:
+        """Name the call once the body is parsed (the span starts before it is read).
+
+        ``operation`` is ``gen_ai.operation.name`` (``embeddings``,
+        ``text_completion``...) or, beyond inference, the API operation
+        (``files.create``); the default is ``chat``.
+        """
         self._model = model or self._model
         self._stream = stream
+        if operation:
+            self._operation = operation
+            self.span.set_attribute("gen_ai.operation.name", operation)
+        self.span.update_name(f"{self._operation} {model}" if model else self._operation)
         if model:
-            self.span.update_name(f"chat {model}")
             self.span.set_attribute("gen_ai.request.model", model)
         self.span.set_attribute("openai_runtime.stream", stream)
 
@@ -378,7 +387,7 @@ class CallTrace:
         request_model = self._model or (info.request_model if info is not None else None)
         response_model = info.response_model if info is not None else None
         if request_model and not self._model:
-            span.update_name(f"chat {request_model}")
+            span.update_name(f"{self._operation} {request_model}")
             span.set_attribute("gen_ai.request.model", request_model)
         if span.is_recording():
             span.set_attribute("http.response.status_code", status)
@@ -390,6 +399,7 @@ class CallTrace:
         span.end()
 
         attributes = dict(telemetry.base_attributes)
+        attributes["gen_ai.operation.name"] = self._operation
         if request_model:
             attributes["gen_ai.request.model"] = request_model
         if response_model:

@@ -116,6 +116,17 @@ class AzureVariant(_Model):
         pattern=r"^https?://[^\s/]+",
         description="Base URL instead of the resource's (private endpoints, APIM, tests).",
     )
+    deployments: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description=(
+            "Other deployments of the resource that apps may name in Azure-style URLs "
+            "(/openai/deployments/{name}/...); any other name is refused."
+        ),
+    )
+
+    def allows(self, deployment: str) -> bool:
+        """Whether an app may send calls to ``deployment`` (the configured one or listed)."""
+        return deployment == self.deployment or deployment in self.deployments
 
     @model_validator(mode="after")
     def _resource_or_endpoint(self) -> Self:
@@ -128,10 +139,12 @@ class AzureVariant(_Model):
             return self.endpoint.rstrip("/")
         return f"https://{self.resource}.openai.azure.com"
 
-    def chat_completions_url(self) -> str:
+    def chat_completions_url(
+        self, deployment: str | None = None, api_version: str | None = None
+    ) -> str:
         return (
-            f"{self.base_url()}/openai/deployments/{quote(self.deployment, safe='')}"
-            f"/chat/completions?api-version={quote(self.api_version, safe='')}"
+            f"{self.base_url()}/openai/deployments/{quote(deployment or self.deployment, safe='')}"
+            f"/chat/completions?api-version={quote(api_version or self.api_version, safe='')}"
         )
 
     def auth_headers(self, key: str) -> dict[str, str]:

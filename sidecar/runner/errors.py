@@ -203,13 +203,21 @@ class UpstreamTimeout(RunnerError):
 
 
 class TransportError(RunnerError):
-    """The connection failed or the response could not be read as HTTP/SSE."""
+    """The connection failed or the response could not be read as HTTP/SSE.
+
+    ``sent`` is False when the connection was never made: upstream cannot
+    have seen the request, so even a call that creates something may be retried.
+    """
 
     retryable = True
     health_failure = True
     status = 502
     code = "upstream_transport_error"
     error_type = "server_error"
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class CircuitOpen(RunnerError):

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from .breaker import CircuitBreaker
 from .clock import Clock, SystemClock
-from .config import OpenAiConfig
+from .config import AzureVariant, OpenAiConfig
 from .credentials import CredentialSnapshot, CredentialStore
 from .errors import (
     AuthenticationFailed,
@@ -101,6 +101,11 @@ class OpenAiRunner:
         self._variant = variant
         self._url = variant.chat_completions_url()
         self._server_address = urlsplit(self._url).hostname or ""
+
+    def _chat_url(self, deployment: str | None, api_version: str | None) -> str:
+        if (deployment or api_version) and isinstance(self._variant, AzureVariant):
+            return self._variant.chat_completions_url(deployment, api_version)
+        return self._url
 
     @property
     def config(self) -> OpenAiConfig:
@@ -198,8 +203,13 @@ class OpenAiRunner:
         send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
         extra_headers: Mapping[str, str] | None,
         observer: AttemptObserver | None,
+        retryable: Callable[[RunnerError], bool] | None = None,
     ) -> T:
-        """Run attempts until one succeeds or the policy gives up."""
+        """Run attempts until one succeeds or the policy gives up.
+
+        ``retryable`` narrows the policy for calls that must not be repeated
+        once upstream may have seen them (see :mod:`.proxying`).
+        """
         deadline = info.started_at + self._config.timeouts.total
         snapshot = self.credentials.require()
         reread = False
@@ -242,7 +252,11 @@ class OpenAiRunner:
                         continue
                 decision = self.retry_policy.decide(err, attempt)
                 remaining = deadline - self.clock.monotonic()
-                if not decision.retry or decision.delay >= remaining:
+                if (
+                    not decision.retry
+                    or decision.delay >= remaining
+                    or (retryable is not None and not retryable(err))
+                ):
                     err.attempts = attempt
                     raise
                 await self.clock.sleep(decision.delay)
@@ -293,10 +307,11 @@ class OpenAiRunner:
         send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
         extra_headers: Mapping[str, str] | None,
         observer: AttemptObserver | None,
+        retryable: Callable[[RunnerError], bool] | None = None,
     ) -> T:
         """The attempts of one admitted call; a failure settles the books before it is raised."""
         try:
-            return await self._attempts(info, send, extra_headers, observer)
+            return await self._attempts(info, send, extra_headers, observer, retryable)
         except RunnerError as err:
             info.error, err.info = err, info
             self._finish(info, rate_permit, None)
@@ -311,15 +326,22 @@ class OpenAiRunner:
         *,
         headers: Mapping[str, str] | None = None,
         observer: AttemptObserver | None = None,
+        deployment: str | None = None,
+        api_version: str | None = None,
     ) -> ChatResult:
-        """A non-streaming chat completion. Raises the runner's errors after retries."""
+        """A non-streaming chat completion. Raises the runner's errors after retries.
+
+        Azure: ``deployment`` and ``api_version`` (from an Azure-style URL the
+        app called) replace the configured ones for this call.
+        """
         info, data, _, rate_permit = await self._begin(body, stream=False)
+        url = self._chat_url(deployment, api_version)
 
         async def send(
             snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
         ) -> tuple[int, dict[str, str], bytes, dict[str, Any]]:
             response = await self.transport.send(
-                self._url, self._headers(snapshot, extra, False), data, stream=False, budget=budget
+                url, self._headers(snapshot, extra, False), data, stream=False, budget=budget
             )
             self._observe(info, response.headers)
             raw = await response.read()
@@ -359,6 +381,8 @@ class OpenAiRunner:
         *,
         headers: Mapping[str, str] | None = None,
         observer: AttemptObserver | None = None,
+        deployment: str | None = None,
+        api_version: str | None = None,
     ) -> ChatStream:
         """A streaming chat completion, returned once upstream's first event arrived.
 
@@ -366,12 +390,13 @@ class OpenAiRunner:
         raised while iterating the returned :class:`ChatStream`.
         """
         info, data, prompt, rate_permit = await self._begin(body, stream=True)
+        url = self._chat_url(deployment, api_version)
 
         async def send(
             snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
         ) -> StreamAttempt:
             response = await self.transport.send(
-                self._url, self._headers(snapshot, extra, True), data, stream=True, budget=budget
+                url, self._headers(snapshot, extra, True), data, stream=True, budget=budget
             )
             self._observe(info, response.headers)
             return await open_stream(response, info, now=self.clock.time())

@@ -17,7 +17,7 @@ exceptions are translated into :class:`~.errors.TransportError` and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from types import TracebackType
 
 import aiohttp
@@ -26,7 +26,10 @@ from multidict import CIMultiDictProxy
 from .config import TimeoutSettings
 from .errors import TransportError, UpstreamTimeout
 
-__all__ = ["Transport", "UpstreamResponse"]
+__all__ = ["Body", "Transport", "UpstreamResponse"]
+
+Body = bytes | AsyncIterable[bytes] | None
+"""A request body: bytes, or an upload streamed through as it arrives."""
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.IncompleteReadError)
 
@@ -137,10 +140,26 @@ class Transport:
         stream: bool,
         budget: float,
     ) -> UpstreamResponse:
-        """POST ``body`` to ``url`` and wait for the response headers.
+        """POST ``body`` to ``url`` and wait for the response headers (see :meth:`request`)."""
+        return await self.request("POST", url, headers, body, stream=stream, budget=budget)
 
-        ``budget`` is what is left of the call's total time. For streams the
-        wait for headers also counts against ``first_byte``.
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Body,
+        *,
+        stream: bool,
+        budget: float,
+    ) -> UpstreamResponse:
+        """Send ``method url`` with ``body`` and wait for the response headers.
+
+        ``body`` may be an async iterable (an upload passed through as it
+        arrives). ``budget`` is what is left of the call's total time. For
+        streams the wait for headers also counts against ``first_byte``. A
+        :class:`TransportError` whose connection was never made says
+        ``sent=False``: nothing reached upstream.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, budget)
@@ -156,14 +175,19 @@ class Transport:
         session = self._get_session()
         try:
             async with asyncio.timeout(max(0.0, wait)):
-                response = await session.post(
-                    url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                response = await session.request(
+                    method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
                 )
         except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as exc:
             # Before TimeoutError: aiohttp's timeouts are subclasses of it.
             raise UpstreamTimeout("connecting upstream timed out", phase="connect") from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"no response headers within {wait:g}s", phase=phase) from exc
+        except aiohttp.ClientConnectorError as exc:
+            # Refused, unreachable, DNS: no byte of the request left this process.
+            raise TransportError(
+                f"connecting upstream failed: {_describe(exc)}", sent=False
+            ) from exc
         except _TRANSPORT_ERRORS as exc:
             raise TransportError(f"upstream request failed: {_describe(exc)}") from exc
         return UpstreamResponse(response, self.timeouts, deadline, first_byte_deadline)

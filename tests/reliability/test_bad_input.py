@@ -129,13 +129,14 @@ CASES: list[tuple[str, str, str, bytes, dict[str, str], int, str, str | None]] =
         "invalid_json",
         None,
     ),
-    ("unknown-route", "POST", "/v1/embeddings", body(), JSON, 404, "unknown_url", None),
     ("unknown-version", "POST", "/v2/chat/completions", body(), JSON, 404, "unknown_url", None),
-    ("unknown-get", "GET", "/v1/completions", b"", {}, 404, "unknown_url", None),
-    ("get-chat", "GET", CHAT, b"", {}, 405, "method_not_allowed", None),
-    ("put-chat", "PUT", CHAT, body(), JSON, 405, "method_not_allowed", None),
-    ("delete-chat", "DELETE", CHAT, b"", {}, 405, "method_not_allowed", None),
-    ("post-models", "POST", "/v1/models", body(), JSON, 405, "method_not_allowed", None),
+    ("unknown-prefix", "GET", "/admin/status", b"", {}, 404, "unknown_url", None),
+    # The unprefixed alias is chat's alone; under /v1 every method is upstream's to judge.
+    ("put-chat", "PUT", "/chat/completions", body(), JSON, 405, "method_not_allowed", None),
+    ("get-chat", "GET", "/chat/completions", b"", {}, 405, "method_not_allowed", None),
+    ("realtime", "GET", "/v1/realtime", b"", {}, 501, "unsupported_endpoint", None),
+    ("json-array", "POST", "/v1/embeddings", b"[1]", JSON, 400, "invalid_body", None),
+    ("json-broken", "POST", "/v1/embeddings", b"{", JSON, 400, "invalid_json", None),
 ]
 
 
@@ -200,3 +201,14 @@ async def test_fields_the_sidecar_does_not_rely_on_are_upstreams_to_judge(tmp_pa
     assert hot.status == 200 and plain.status == 200
     assert rig.upstream.requests[0].body["temperature"] == "hot"
     assert len(rig.upstream.requests) == 2
+
+
+async def test_methods_and_paths_under_v1_are_upstreams_to_judge(tmp_path: Path) -> None:
+    """GET /v1/chat/completions lists stored completions upstream; POST /v1/models is
+    upstream's error to give: the sidecar passes both on, in OpenAI's shape."""
+    async with running(tmp_path) as rig:
+        listed = await rig.send(method="GET", path=CHAT)
+        wrong = await rig.send(method="POST", path="/v1/models", data=body(), headers=JSON)
+    assert [r.path for r in rig.upstream.requests] == [CHAT, "/v1/models"]
+    assert listed.status < 500 and wrong.status in (404, 405)
+    assert_openai_error(wrong.json)

@@ -1,5 +1,7 @@
 """Key rotation under load: ~300 calls and streams in flight, ten swaps, nothing fails.
 
+The workers mix chat, embeddings and the Responses API, streamed and not.
+
 The smaller version (60 SDK workers, five kubelet swaps) lives in
 tests/sidecar/test_rotation.py. This one alternates the kubelet way (a new
 ``..data`` directory renamed over the old link) with a plain in-place
@@ -35,7 +37,7 @@ import aiohttp
 from openai_runtime_sidecar.runner import ReloadOutcome, fingerprint
 from tests.support import NEW_KEY, OLD_KEY, SecretVolume
 
-from .harness import NEW_FP, OLD_FP, Rig, running
+from .harness import NEW_FP, OLD_FP, Answer, Rig, running
 
 # At every swap about 300 calls are open: the workers' (each always has one
 # open), the long-held ones and the swap's own held streams.
@@ -43,6 +45,40 @@ WORKERS = 60  # call after call, streamed and not, until the last swap
 LONG_HELD = 230  # half streams, half not: opened before the first swap, held across all ten
 HELD_PER_SWAP = 2  # streams opened just before one swap, released after it settled
 AFTER_SETTLE = 20  # calls begun after each settle that must reach upstream before the next swap
+
+
+KINDS = ("chat", "chat", "embeddings", "responses", "responses", "chat")
+
+
+async def other_call(
+    rig: Rig,
+    kind: str,
+    request_id: str,
+    stream: bool,
+    headers: dict[str, str],
+    session: aiohttp.ClientSession,
+) -> Answer:
+    """An embeddings or Responses API call, as the SDK would send it."""
+    if kind == "embeddings":
+        path, body = "/v1/embeddings", {"model": "text-embedding-3-small", "input": request_id}
+    else:
+        path = "/v1/responses"
+        body = {"model": "gpt-4o-mini", "input": request_id, "stream": stream}
+    sent = {"Content-Type": "application/json", **headers}
+    return await rig.send(path=path, data=json.dumps(body).encode(), headers=sent, session=session)
+
+
+def answered(kind: str, answer: Answer, request_id: str) -> bool:
+    """The answer is the whole, right one for its kind."""
+    if kind == "chat":
+        return answer.text == f"Echo: {request_id}"
+    if kind == "embeddings":
+        return len(answer.json["data"]) == 1
+    if answer.streamed:
+        return any(
+            isinstance(e, dict) and e.get("type") == "response.completed" for e in answer.events
+        )
+    return answer.json["status"] == "completed"
 
 
 def kubelet_swap(volume: SecretVolume, key: str, n: int) -> None:
@@ -97,15 +133,23 @@ async def _rotate_under_load(rig: Rig) -> None:
 
     open_calls = 0
 
-    async def call(session: aiohttp.ClientSession, name: str, stream: bool, gate: str = "") -> None:
+    async def call(
+        session: aiohttp.ClientSession,
+        name: str,
+        stream: bool,
+        gate: str = "",
+        kind: str = "chat",
+    ) -> None:
         nonlocal completed, open_calls
         open_calls += 1
         try:
-            await _call(session, name, stream, gate)
+            await _call(session, name, stream, gate, kind)
         finally:
             open_calls -= 1
 
-    async def _call(session: aiohttp.ClientSession, name: str, stream: bool, gate: str) -> None:
+    async def _call(
+        session: aiohttp.ClientSession, name: str, stream: bool, gate: str, kind: str
+    ) -> None:
         nonlocal completed
         request_id = f"{name}-{next(ids)}"
         headers = {"x-client-request-id": request_id}
@@ -113,13 +157,16 @@ async def _rotate_under_load(rig: Rig) -> None:
             headers["x-fake-hold"] = gate
         sent_at[request_id] = time.monotonic()
         try:
-            answer = await rig.chat(request_id, stream=stream, headers=headers, session=session)
+            if kind == "chat":
+                answer = await rig.chat(request_id, stream=stream, headers=headers, session=session)
+            else:
+                answer = await other_call(rig, kind, request_id, stream, headers, session)
         except Exception as exc:  # every failure is a test failure, collected
             failures.append(f"{request_id}: {exc!r}")
             return
-        if answer.status != 200 or answer.text != f"Echo: {request_id}":
+        if answer.status != 200 or not answered(kind, answer, request_id):
             failures.append(f"{request_id}: {answer.status} {answer.raw[:200]!r}")
-        elif stream and (not answer.done or answer.stream_error is not None):
+        elif stream and kind == "chat" and (not answer.done or answer.stream_error is not None):
             failures.append(f"{request_id}: stream ended badly")
         else:
             completed += 1
@@ -128,7 +175,9 @@ async def _rotate_under_load(rig: Rig) -> None:
         calls = 0
         while calls < 1 or not stop.is_set():
             calls += 1
-            await call(session, f"w{n}", stream=(n + calls) % 2 == 0)
+            # Chat, embeddings and the Responses API, streamed and not, all on one path.
+            kind = KINDS[(n + calls) % len(KINDS)]
+            await call(session, f"w{n}", stream=(n + calls) % 2 == 0, kind=kind)
 
     def began_after(moment: float) -> int:
         return sum(
@@ -197,6 +246,7 @@ async def _rotate_under_load(rig: Rig) -> None:
     assert len(requests) == completed, "one upstream request per call: no retry, no 401"
     assert {r.outcome for r in requests} == {"ok"}
     assert {r.stream for r in requests} == {True, False}
+    assert {r.endpoint for r in requests} == {"chat.completions", "embeddings", "responses.create"}
     assert sidecar.credentials.rotations == len(SWAPS)
     assert sidecar.credential_error is None
     document = await rig.status()

@@ -59,7 +59,7 @@ async def make_sidecar(
     started: list[Sidecar] = []
 
     async def factory(
-        variant: str = "direct", *, clock: ManualClock | None = None, **overrides: Any
+        variant: str = "direct", /, *, clock: ManualClock | None = None, **overrides: Any
     ) -> Sidecar:
         spec = sidecar_spec(upstream, secret_dir.path, variant)
         spec.update(overrides)

@@ -1,0 +1,283 @@
+"""Every API call besides chat: one upstream exchange behind the runner's policies.
+
+The sidecar hands :func:`proxy` a :class:`ProxyRequest` (an
+:class:`~.operations.Operation`, the path under ``/v1``, the app's query and
+forwarded headers, and the body: JSON bytes, or an upload streamed through
+as it arrives). The call takes the same road as chat: limiter, breaker,
+attempts with the call's credential snapshot, retries as the policy says,
+timeouts, classification of upstream's errors. Two things differ:
+
+* **Retries are safe per operation.** A call that creates something (files,
+  batches, stored responses...) or whose upload was streamed is repeated only
+  when upstream surely did not see it (no connection was made; a 429, for
+  a body that can be sent again), or, for a body kept in memory, when the app
+  sent an ``Idempotency-Key``, which goes upstream unchanged on every attempt.
+* **The answer is passed on as it comes.** :class:`ProxiedCall` yields
+  upstream's bytes; JSON answers of operations with usage are read whole and
+  parsed for it (embeddings, completions, responses), SSE answers are
+  forwarded frame by frame while their usage is picked up (``usage`` chunks
+  of legacy completions, the Responses API's ``response.completed`` event),
+  anything else (audio, file content) streams through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .config import AzureVariant
+from .credentials import CredentialSnapshot
+from .errors import RateLimited, RunnerError, TransportError, UpstreamTimeout, classify_response
+from .operations import Operation, upstream_url
+from .ratelimit import RatePermit
+from .results import CallInfo, Usage
+from .sse import SSEDecoder, SSEFrame
+from .tokens import max_output_tokens
+from .transport import Body, UpstreamResponse
+
+if TYPE_CHECKING:
+    from .runner import AttemptObserver, OpenAiRunner
+
+__all__ = ["ProxiedCall", "ProxyRequest", "proxy"]
+
+USER_AGENT = "openai-runtime/0.1"
+_USAGE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRequest:
+    """One app request, as the runner sends it on."""
+
+    operation: Operation
+    method: str
+    path: str
+    """Under ``/v1``: ``/embeddings``, ``/files/file-1/content``."""
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The app's headers worth forwarding (credentials already removed)."""
+    body: Body = None
+    payload: Mapping[str, Any] | None = None
+    """The body parsed, when it is a JSON object (the model, estimates)."""
+    deployment: str | None = None
+    """Azure: the deployment of a per-deployment operation."""
+    azure_v1: bool = False
+    """Azure: the app called the resource's ``/openai/v1`` routes itself."""
+    hide_usage_chunk: bool = False
+    """A stream's usage-only chunk was asked for on the app's behalf: not passed on."""
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.payload and self.payload.get("stream") is True)
+
+    @property
+    def model(self) -> str | None:
+        model = self.payload.get("model") if self.payload else None
+        return model if isinstance(model, str) and model else None
+
+
+def _may_retry(request: ProxyRequest) -> Callable[[RunnerError], bool] | None:
+    """What may be retried, for calls that must not reach upstream twice (None: anything)."""
+    replayable = not (request.body is not None and not isinstance(request.body, bytes))
+    keyed = any(name.lower() == "idempotency-key" for name in request.headers)
+    if replayable and (not request.operation.creates or keyed):
+        return None
+
+    def unseen(err: RunnerError) -> bool:
+        if isinstance(err, TransportError):
+            return not err.sent
+        if isinstance(err, UpstreamTimeout):
+            return err.phase == "connect"
+        # Refused before any work; a streamed upload is gone, though.
+        return replayable and isinstance(err, RateLimited)
+
+    return unseen
+
+
+def _estimate(request: ProxyRequest) -> tuple[int, int]:
+    """(prompt, output) tokens to pre-charge the limiter with: inference calls only."""
+    payload = request.payload
+    if not request.operation.inference or payload is None or not isinstance(request.body, bytes):
+        return 0, 0
+    prompt = max(1, len(request.body) // 4)
+    if request.operation.usage == "embeddings":
+        return prompt, 0
+    limit = payload.get("max_output_tokens")
+    output = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+    return prompt, output or max_output_tokens(payload, default=1024)
+
+
+def _target(runner: OpenAiRunner, request: ProxyRequest) -> str:
+    variant = runner.config.variant.selected
+    if not isinstance(variant, AzureVariant):
+        return upstream_url(
+            "direct", variant.endpoint, request.operation, request.path, query=request.query
+        )
+    if request.azure_v1:
+        url = f"{variant.base_url()}/openai/v1{request.path}"
+        return f"{url}?{request.query}" if request.query else url
+    return upstream_url(
+        "azure",
+        variant.base_url(),
+        request.operation,
+        request.path,
+        deployment=request.deployment or variant.deployment,
+        api_version=variant.api_version,
+        query=request.query,
+    )
+
+
+async def proxy(
+    runner: OpenAiRunner, request: ProxyRequest, *, observer: AttemptObserver | None = None
+) -> ProxiedCall:
+    """Send ``request`` upstream; the answer once its headers arrived (errors are raised)."""
+    info = CallInfo(
+        stream=request.stream,
+        variant=runner.config.variant.selected.name,
+        server_address=runner.server_address,
+        request_model=request.model,
+        started_at=runner.clock.monotonic(),
+    )
+    url = _target(runner, request)
+    prompt, output = _estimate(request)
+    try:
+        permit = await runner.limiter.acquire(prompt + output)
+    except RunnerError as err:
+        info.error, err.info = err, info
+        err.attempts = 0
+        info.duration = runner.clock.monotonic() - info.started_at
+        raise
+
+    async def send(
+        snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
+    ) -> UpstreamResponse:
+        headers = dict(extra)
+        headers.update(runner.config.variant.selected.auth_headers(snapshot.value))
+        headers["User-Agent"] = USER_AGENT
+        response = await runner.transport.request(
+            request.method, url, headers, request.body, stream=request.stream, budget=budget
+        )
+        runner._observe(info, response.headers)
+        if not 200 <= response.status < 300:
+            raw = await response.read()
+            now = runner.clock.time()
+            raise classify_response(response.status, dict(response.headers), raw, now=now)
+        return response
+
+    response = await runner._call(
+        info, permit, send, request.headers, observer, _may_retry(request)
+    )
+    info.status = response.status
+    info.time_to_first_byte = runner.clock.monotonic() - info.started_at
+    return ProxiedCall(runner, request, response, info, permit)
+
+
+class ProxiedCall:
+    """Upstream's answer on its way to the app; the books close when it is done.
+
+    Read :meth:`body` (JSON answers with usage) or iterate :meth:`chunks`
+    (everything else); either way call :meth:`aclose` at the end, also when
+    the app went away.
+    """
+
+    def __init__(
+        self,
+        runner: OpenAiRunner,
+        request: ProxyRequest,
+        response: UpstreamResponse,
+        info: CallInfo,
+        permit: RatePermit,
+    ) -> None:
+        self._runner = runner
+        self._request = request
+        self._response = response
+        self.info = info
+        self._permit = permit
+        self.status = response.status
+        self.headers = dict(response.headers)
+        self._usage: Usage | None = None
+        self._complete = False
+        self._closed = False
+
+    @property
+    def content_type(self) -> str:
+        return next((v for k, v in self.headers.items() if k.lower() == "content-type"), "")
+
+    @property
+    def buffered(self) -> bool:
+        """Whether the answer is read whole: a JSON answer that reports usage."""
+        return self._request.operation.usage is not None and "json" in self.content_type
+
+    async def body(self) -> bytes:
+        """The whole answer, its usage and model recorded."""
+        raw = await self._response.read()
+        self._complete = True
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        if isinstance(payload, dict):
+            self._record(payload)
+        return raw
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The answer as it arrives; SSE is passed on frame by frame and read for usage."""
+        sse = "text/event-stream" in self.content_type
+        decoder = SSEDecoder() if sse else None
+        async for chunk in self._response.chunks():
+            if decoder is None:
+                yield chunk
+                continue
+            out = b"".join(frame.raw for frame in decoder.feed(chunk) if self._scan(frame))
+            if out:
+                yield out
+        if decoder is not None:
+            out = b"".join(frame.raw for frame in decoder.flush() if self._scan(frame))
+            if out:
+                yield out
+        self._complete = True
+
+    def _scan(self, frame: SSEFrame) -> bool:
+        """Record what ``frame`` says of the call; whether to pass it on."""
+        data = frame.data
+        if not data or data == "[DONE]" or ('"usage"' not in data and self.info.response_id):
+            return True
+        try:
+            event: Any = json.loads(data)
+        except ValueError:
+            return True
+        if not isinstance(event, dict):
+            return True
+        usage_only = event.get("choices") == [] and isinstance(event.get("usage"), dict)
+        if event.get("type") in ("response.created", *_USAGE_EVENTS):
+            event = event.get("response")
+            if not isinstance(event, dict):
+                return True
+        self._record(event)
+        return not (usage_only and self._request.hide_usage_chunk)
+
+    def _record(self, payload: Mapping[str, Any]) -> None:
+        info = self.info
+        model, rid = payload.get("model"), payload.get("id")
+        if isinstance(model, str) and model:
+            info.response_model = model
+        if isinstance(rid, str) and rid and info.response_id is None:
+            info.response_id = rid
+        usage = Usage.from_payload(payload.get("usage"))
+        if usage is not None:
+            self._usage = usage
+
+    def close(self) -> None:
+        """Release upstream's connection and settle the books (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._complete:
+            self._response.release()
+        else:
+            self._response.close()
+        self._runner._finish(self.info, self._permit, self._usage)
+
+    async def aclose(self) -> None:
+        self.close()

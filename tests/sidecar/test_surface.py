@@ -1,0 +1,308 @@
+"""The whole API surface through a real sidecar, driven by the official SDK as an app does.
+
+Each test calls one family of endpoints with ``openai.AsyncOpenAI`` (or
+``AsyncAzureOpenAI``) pointed at the sidecar, which forwards to the fake
+upstream; it asserts what upstream received (method, path, query, the
+runtime's key, the body) and what the app got back, and where a call has
+usage, its tokens, cost header, metrics and span.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from openai_runtime_sidecar.app import Sidecar
+from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.runner.credentials import fingerprint
+
+from ..support import OLD_KEY, points
+from .conftest import SidecarFactory
+
+APP_KEY = "not-the-real-key"
+
+
+def last(upstream: FakeUpstream, endpoint: str | None = None) -> Any:
+    found = [r for r in upstream.requests if endpoint is None or r.endpoint == endpoint]
+    assert found, f"upstream saw no {endpoint} request"
+    return found[-1]
+
+
+def sdk(sidecar: Sidecar, **options: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=sidecar.api_url + "/v1", api_key=APP_KEY, max_retries=0, **options
+    )
+
+
+def assert_runtime_key(rec: Any) -> None:
+    """Upstream saw the runtime's key, never the app's placeholder."""
+    assert rec.key_fingerprint == fingerprint(OLD_KEY)
+
+
+async def test_embeddings_are_accounted(
+    sidecar: Sidecar,
+    upstream: FakeUpstream,
+    spans: InMemorySpanExporter,
+    metrics: InMemoryMetricReader,
+) -> None:
+    async with sdk(sidecar) as client:
+        raw = await client.embeddings.with_raw_response.create(
+            model="text-embedding-3-small", input=["alpha", "beta"]
+        )
+        result = raw.parse()
+    assert len(result.data) == 2 and len(result.data[0].embedding) > 0
+    rec = last(upstream, "embeddings")
+    assert (rec.method, rec.path) == ("POST", "/v1/embeddings")
+    assert_runtime_key(rec)
+    assert rec.body["input"] == ["alpha", "beta"]
+    tokens = result.usage.prompt_tokens
+    assert tokens > 0
+    cost = float(raw.headers["x-openai-runtime-cost-usd"])
+    assert cost == pytest.approx(tokens * 0.02 / 1e6)
+    [span] = [s for s in spans.get_finished_spans() if s.name.startswith("embeddings")]
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.operation.name"] == "embeddings"
+    assert span.attributes["gen_ai.usage.input_tokens"] == tokens
+    usage_points = points(metrics)["gen_ai.client.token.usage"]
+    assert any(p.attributes.get("gen_ai.operation.name") == "embeddings" for p in usage_points)
+    assert sidecar.spend["text-embedding-3-small"].prompt_tokens == tokens
+
+
+async def test_responses_plain_and_streamed(sidecar: Sidecar, upstream: FakeUpstream) -> None:
+    async with sdk(sidecar) as client:
+        raw = await client.responses.with_raw_response.create(model="gpt-4o-mini", input="hi")
+        reply = raw.parse()
+        assert reply.usage is not None and reply.usage.input_tokens > 0
+        assert "x-openai-runtime-cost-usd" in raw.headers
+        assert last(upstream, "responses.create").path == "/v1/responses"
+
+        events = [
+            e
+            async for e in await client.responses.create(
+                model="gpt-4o-mini", input="hi", stream=True
+            )
+        ]
+    assert events[-1].type == "response.completed"
+    streamed = events[-1].response.usage
+    assert streamed is not None
+    model = events[-1].response.model
+    totals = sidecar.spend[model]
+    assert totals.requests == 2
+    assert totals.prompt_tokens == reply.usage.input_tokens + streamed.input_tokens
+
+
+async def test_legacy_completions_hide_the_usage_they_did_not_ask_for(
+    sidecar: Sidecar, upstream: FakeUpstream
+) -> None:
+    async with sdk(sidecar) as client:
+        plain = await client.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi")
+        assert plain.usage is not None and plain.usage.prompt_tokens > 0
+        chunks = [
+            c
+            async for c in await client.completions.create(
+                model="gpt-3.5-turbo-instruct", prompt="hi", stream=True
+            )
+        ]
+    assert chunks and all(c.usage is None for c in chunks)
+    rec = last(upstream, "completions")
+    assert rec.body["stream_options"] == {"include_usage": True}  # asked on the app's behalf
+    assert sidecar.spend["gpt-3.5-turbo-instruct"].requests == 2
+    assert sidecar.spend["gpt-3.5-turbo-instruct"].completion_tokens > 0
+
+
+async def test_moderations_images_and_models(sidecar: Sidecar, upstream: FakeUpstream) -> None:
+    async with sdk(sidecar) as client:
+        moderation = await client.moderations.create(input="hello")
+        assert moderation.results
+        image = await client.images.generate(model="gpt-image-1", prompt="a cat")
+        assert image.data and image.data[0].b64_json
+        model = await client.models.retrieve("gpt-4o-mini")
+        assert model.id == "gpt-4o-mini"
+    assert [r.path for r in upstream.requests[-3:]] == [
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/models/gpt-4o-mini",
+    ]
+    assert all(r.key_fingerprint == fingerprint(OLD_KEY) for r in upstream.requests[-3:])
+
+
+async def test_audio_both_ways(sidecar: Sidecar, upstream: FakeUpstream) -> None:
+    audio = bytes(range(256)) * 400
+    async with sdk(sidecar) as client:
+        text = await client.audio.transcriptions.create(
+            model="whisper-1", file=("clip.wav", io.BytesIO(audio), "audio/wav")
+        )
+        assert text.text
+        speech = await client.audio.speech.create(
+            model="tts-1",
+            voice="alloy",
+            input="hello there",
+            extra_headers={"x-fake-bytes": "300000"},
+        )
+        spoken = speech.read()
+    rec = last(upstream, "audio.transcriptions")
+    assert rec.content_type == "multipart/form-data"
+    assert rec.form["model"] == "whisper-1"
+    [part] = rec.uploads
+    assert part.size == len(audio)
+    assert len(spoken) == 300_000
+    assert last(upstream, "audio.speech").body["voice"] == "alloy"
+
+
+async def test_files_batches_and_vector_stores(sidecar: Sidecar, upstream: FakeUpstream) -> None:
+    content = b'{"custom_id": "1"}\n' * 1000
+    async with sdk(sidecar) as client:
+        created = await client.files.create(
+            file=("batch.jsonl", io.BytesIO(content)), purpose="batch"
+        )
+        assert created.bytes == len(content)
+        fetched = await client.files.retrieve(created.id)
+        assert fetched.id == created.id
+        body = await client.files.content(created.id)
+        assert len(body.read()) == len(content)
+        listed = await client.files.list()
+        assert created.id in [f.id async for f in listed]
+        batch = await client.batches.create(
+            input_file_id=created.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert (await client.batches.retrieve(batch.id)).id == batch.id
+        await client.batches.cancel(batch.id)
+        store = await client.vector_stores.create(name="docs")
+        assert (await client.vector_stores.retrieve(store.id)).id == store.id
+        await client.vector_stores.delete(store.id)
+        deleted = await client.files.delete(created.id)
+        assert deleted.deleted
+    seen = [(r.method, r.path) for r in upstream.requests]
+    assert ("POST", "/v1/files") in seen and ("DELETE", f"/v1/files/{created.id}") in seen
+    assert ("POST", f"/v1/batches/{batch.id}/cancel") in seen
+    assert all(r.key_fingerprint == fingerprint(OLD_KEY) for r in upstream.requests)
+
+
+async def test_creating_calls_are_not_repeated_once_upstream_may_have_seen_them(
+    sidecar: Sidecar, upstream: FakeUpstream
+) -> None:
+    failing = {"x-fake-scenario": "server-error", "x-fake-fail-times": "1"}
+    async with sdk(sidecar) as client:
+        # Inference: retried as before.
+        await client.embeddings.create(
+            model="text-embedding-3-small",
+            input="a",
+            extra_headers={**failing, "x-fake-sequence": "emb"},
+        )
+        assert len([r for r in upstream.requests if r.endpoint == "embeddings"]) == 2
+        # A file upload: not repeated after a 500 (upstream may have stored it).
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client.files.create(
+                file=("a.jsonl", io.BytesIO(b"{}\n")),
+                purpose="batch",
+                extra_headers={**failing, "x-fake-sequence": "file"},
+            )
+        assert caught.value.response.headers["x-should-retry"] == "false"
+        assert len([r for r in upstream.requests if r.endpoint == "files.create"]) == 1
+        # With the app's Idempotency-Key a stored response may be retried, key and all.
+        await client.responses.create(
+            model="gpt-4o-mini",
+            input="hi",
+            extra_headers={**failing, "x-fake-sequence": "resp", "Idempotency-Key": "k-1"},
+        )
+    attempts = [r for r in upstream.requests if r.endpoint == "responses.create"]
+    assert len(attempts) == 2
+    assert [r.headers.get("idempotency-key") for r in attempts] == ["k-1", "k-1"]
+
+
+async def test_azure_routes_and_deployments(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    sidecar = await make_sidecar(
+        "azure",
+        variant={
+            "azure": {
+                "endpoint": upstream.url,
+                "deployment": "gpt-4o-prod",
+                "deployments": ["gpt-4o-mini-prod", "text-embedding-3-small-prod"],
+            }
+        },
+    )
+    # An app written for the OpenAI SDK: a model naming a served deployment chooses
+    # it, anything else goes to the runtime's deployment; the runtime's api-version.
+    async with sdk(sidecar) as client:
+        await client.embeddings.create(model="text-embedding-3-small-prod", input="a")
+        rec = last(upstream)
+        assert rec.path == "/openai/deployments/text-embedding-3-small-prod/embeddings"
+        assert rec.query["api-version"] == "2024-10-21"
+        assert_runtime_key(rec)
+        await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert last(upstream).path == "/openai/deployments/gpt-4o-prod/chat/completions"
+    # An app written for Azure: its deployment (when allowed) and its api-version.
+    async with openai.AsyncAzureOpenAI(
+        azure_endpoint=sidecar.api_url,
+        api_key=APP_KEY,
+        api_version="2025-03-01-preview",
+        max_retries=0,
+    ) as azure:
+        reply = await azure.chat.completions.create(
+            model="gpt-4o-mini-prod", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices
+        assert last(upstream).path == "/openai/deployments/gpt-4o-mini-prod/chat/completions"
+        assert last(upstream).query["api-version"] == "2025-03-01-preview"
+        with pytest.raises(openai.BadRequestError) as caught:
+            await azure.embeddings.create(model="someone-elses", input="a")
+        assert caught.value.code == "deployment_not_allowed"
+        vectors = await azure.embeddings.create(model="text-embedding-3-small-prod", input="a")
+        assert vectors.data
+        with pytest.raises(openai.BadRequestError) as caught:
+            await azure.chat.completions.create(
+                model="someone-elses", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert caught.value.code == "deployment_not_allowed"
+        uploaded = await azure.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+        assert uploaded.id
+    rec = last(upstream, "files.create")
+    assert rec.path == "/openai/files" and rec.query["api-version"] == "2025-03-01-preview"
+
+
+async def test_realtime_is_refused_clearly(sidecar: Sidecar) -> None:
+    async with aiohttp.ClientSession() as http:
+        response = await http.get(
+            sidecar.api_url + "/v1/realtime?model=gpt-realtime",
+            headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+        )
+        payload = await response.json()
+    assert response.status == 501
+    assert payload["error"]["code"] == "unsupported_endpoint"
+    assert "not proxied" in payload["error"]["message"]
+
+
+async def test_uploads_have_their_own_limit(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    sidecar = await make_sidecar(limits={"maxRequestBytes": 2048, "maxUploadBytes": 4096})
+    async with sdk(sidecar) as client:
+        # Bigger than the JSON limit, within the upload limit: fine.
+        small = await client.files.create(file=("a.bin", io.BytesIO(b"x" * 3000)), purpose="batch")
+        assert small.bytes == 3000
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.files.create(file=("b.bin", io.BytesIO(b"x" * 5000)), purpose="batch")
+    assert caught.value.status_code == 413
+    assert len([r for r in upstream.requests if r.endpoint == "files.create"]) == 1
+
+
+async def test_a_model_outside_the_allow_list_never_reaches_upstream(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    sidecar = await make_sidecar(models={"allow": ["gpt-4o-mini", "text-embedding-3-small"]})
+    async with sdk(sidecar) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.embeddings.create(model="text-embedding-3-large", input="a")
+        assert caught.value.code == "model_not_allowed"
+        await client.embeddings.create(model="text-embedding-3-small", input="a")
+    assert [r.endpoint for r in upstream.requests] == ["embeddings"]
