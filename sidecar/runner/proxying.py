@@ -34,6 +34,7 @@ from .operations import Operation, upstream_url
 from .ratelimit import RatePermit
 from .results import CallInfo, Usage
 from .sse import SSEDecoder, SSEFrame
+from .streaming import COST_FIELD
 from .tokens import max_output_tokens
 from .transport import Body, UpstreamResponse
 
@@ -197,6 +198,7 @@ class ProxiedCall:
         self.status = response.status
         self.headers = dict(response.headers)
         self._usage: Usage | None = None
+        self._rewritten: bytes | None = None
         self._complete = False
         self._closed = False
 
@@ -229,14 +231,22 @@ class ProxiedCall:
             if decoder is None:
                 yield chunk
                 continue
-            out = b"".join(frame.raw for frame in decoder.feed(chunk) if self._scan(frame))
+            out = self._forward(decoder.feed(chunk))
             if out:
                 yield out
         if decoder is not None:
-            out = b"".join(frame.raw for frame in decoder.flush() if self._scan(frame))
+            out = self._forward(decoder.flush())
             if out:
                 yield out
         self._complete = True
+
+    def _forward(self, frames: list[SSEFrame]) -> bytes:
+        out = []
+        for frame in frames:
+            if self._scan(frame):
+                out.append(self._rewritten or frame.raw)
+                self._rewritten = None
+        return b"".join(out)
 
     def _scan(self, frame: SSEFrame) -> bool:
         """Record what ``frame`` says of the call; whether to pass it on."""
@@ -250,12 +260,29 @@ class ProxiedCall:
         if not isinstance(event, dict):
             return True
         usage_only = event.get("choices") == [] and isinstance(event.get("usage"), dict)
+        outer = event
         if event.get("type") in ("response.created", *_USAGE_EVENTS):
             event = event.get("response")
             if not isinstance(event, dict):
                 return True
         self._record(event)
-        return not (usage_only and self._request.hide_usage_chunk)
+        if usage_only and self._request.hide_usage_chunk:
+            return False
+        self._with_cost(frame, outer, event)
+        return True
+
+    def _with_cost(self, frame: SSEFrame, outer: dict[str, Any], event: dict[str, Any]) -> None:
+        """The event carrying a stream's usage also says what the call cost (as chat's)."""
+        usage = event.get("usage")
+        if self._usage is None or not isinstance(usage, dict):
+            return
+        cost = self._runner.price(self.info, self._usage)
+        if not cost.priced:
+            return
+        usage[COST_FIELD] = round(cost.usd, 10)
+        data = json.dumps(outer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        head = b"event: " + frame.event.encode("utf-8") + b"\n" if frame.event else b""
+        self._rewritten = head + b"data: " + data + b"\n\n"
 
     def _record(self, payload: Mapping[str, Any]) -> None:
         info = self.info

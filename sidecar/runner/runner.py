@@ -269,18 +269,22 @@ class OpenAiRunner:
                     observer.attempt_finished(attempt, 200, None)
                 return result
 
+    def price(self, info: CallInfo, usage: Usage) -> Cost:
+        """What ``usage`` of the call ``info`` describes costs (by the answer's model)."""
+        return self.pricing.cost(
+            model=info.response_model,
+            fallback_model=info.request_model,
+            prompt_tokens=usage.prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            completion_tokens=usage.completion_tokens,
+            estimated=info.usage_estimated,
+        )
+
     def _finish(self, info: CallInfo, permit: RatePermit, usage: Usage | None) -> None:
         info.duration = self.clock.monotonic() - info.started_at
         if usage is not None:
             info.usage = usage
-            info.cost = self.pricing.cost(
-                model=info.response_model,
-                fallback_model=info.request_model,
-                prompt_tokens=usage.prompt_tokens,
-                cached_tokens=usage.cached_tokens,
-                completion_tokens=usage.completion_tokens,
-                estimated=info.usage_estimated,
-            )
+            info.cost = self.price(info, usage)
             permit.settle(usage.total_tokens)
         else:
             permit.release()
@@ -399,7 +403,9 @@ class OpenAiRunner:
                 url, self._headers(snapshot, extra, True), data, stream=True, budget=budget
             )
             self._observe(info, response.headers)
-            return await open_stream(response, info, now=self.clock.time())
+            return await open_stream(
+                response, info, now=self.clock.time(), price=lambda usage: self.price(info, usage)
+            )
 
         attempt = await self._call(info, rate_permit, send, headers, observer)
         info.status = attempt.status

@@ -13,15 +13,19 @@ caller's behalf. Azure's quirks are tolerated: a first chunk with empty
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .errors import RunnerError, TransportError, classify_error_payload, classify_response
+from .pricing import Cost
 from .results import CallInfo, Usage
 from .sse import SSEDecoder, SSEFrame
 from .transport import UpstreamResponse
 
-__all__ = ["StreamAttempt", "open_stream"]
+__all__ = ["COST_FIELD", "StreamAttempt", "open_stream"]
+
+COST_FIELD = "openai_runtime_cost_usd"
+"""Added to a stream's ``usage`` object: what the call cost, in USD (priced models only)."""
 
 # Content chunks whose only use is the output estimate for a stream cut before
 # its usage arrives are kept unparsed, up to this many characters, and parsed
@@ -32,8 +36,16 @@ _DEFERRED_CHARS = 65536
 class StreamAttempt:
     """One upstream stream that delivered its first event."""
 
-    def __init__(self, response: UpstreamResponse, info: CallInfo, now: float) -> None:
+    def __init__(
+        self,
+        response: UpstreamResponse,
+        info: CallInfo,
+        now: float,
+        price: Callable[[Usage], Cost] | None = None,
+    ) -> None:
         self._response = response
+        self._price = price
+        self._rewritten: bytes | None = None
         self._chunks = response.chunks().__aiter__()
         self._decoder = SSEDecoder()
         self._info = info
@@ -93,6 +105,7 @@ class StreamAttempt:
             self.usage = Usage.from_payload(usage)
             if choices == [] and not info.usage_requested:
                 return False
+            self._with_cost(chunk, usage)
         if isinstance(choices, list):
             for choice in choices:
                 if not isinstance(choice, dict):
@@ -140,8 +153,28 @@ class StreamAttempt:
         self._deferred.clear()
         self._deferred_chars = 0
 
+    def _with_cost(self, chunk: dict[str, Any], usage: dict[str, Any]) -> None:
+        """The usage chunk the app asked for also says what the call cost.
+
+        A stream has no response header left to carry it; an extra field in
+        ``usage`` reaches the app through the SDK (its models keep unknown
+        fields: ``chunk.usage.openai_runtime_cost_usd``).
+        """
+        if self._price is None or self.usage is None:
+            return
+        cost = self._price(self.usage)
+        if cost.priced:
+            usage[COST_FIELD] = round(cost.usd, 10)
+            encoded = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
+            self._rewritten = b"data: " + encoded.encode("utf-8") + b"\n\n"
+
     def _feed(self, frames: list[SSEFrame]) -> list[bytes]:
-        return [frame.raw for frame in frames if self._process(frame)]
+        out = []
+        for frame in frames:
+            if self._process(frame):
+                out.append(self._rewritten or frame.raw)
+                self._rewritten = None
+        return out
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -221,7 +254,13 @@ def _delta_chars(delta: dict[str, Any]) -> int:
     return chars
 
 
-async def open_stream(response: UpstreamResponse, info: CallInfo, *, now: float) -> StreamAttempt:
+async def open_stream(
+    response: UpstreamResponse,
+    info: CallInfo,
+    *,
+    now: float,
+    price: Callable[[Usage], Cost] | None = None,
+) -> StreamAttempt:
     """Check the answer to a stream request and read up to its first event."""
     headers = dict(response.headers)
     if not 200 <= response.status < 300:
@@ -233,6 +272,6 @@ async def open_stream(response: UpstreamResponse, info: CallInfo, *, now: float)
         if error.payload.get("error", {}).get("type") != "upstream_error":
             raise error  # an OpenAI-shaped error object delivered with a 2xx status
         raise TransportError(f"upstream answered a stream request with {content_type or 'no type'}")
-    attempt = StreamAttempt(response, info, now)
+    attempt = StreamAttempt(response, info, now, price)
     await attempt.prime()
     return attempt

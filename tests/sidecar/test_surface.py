@@ -91,6 +91,13 @@ async def test_responses_plain_and_streamed(sidecar: Sidecar, upstream: FakeUpst
     assert events[-1].type == "response.completed"
     streamed = events[-1].response.usage
     assert streamed is not None
+    # A stream has no header left for its cost: the usage the SDK parses carries it.
+    priced = sidecar.runner.pricing.cost(
+        model=events[-1].response.model,
+        prompt_tokens=streamed.input_tokens,
+        completion_tokens=streamed.output_tokens,
+    )
+    assert streamed.openai_runtime_cost_usd == pytest.approx(priced.usd)  # type: ignore[attr-defined]
     model = events[-1].response.model
     totals = sidecar.spend[model]
     assert totals.requests == 2
@@ -306,3 +313,33 @@ async def test_a_model_outside_the_allow_list_never_reaches_upstream(
         assert caught.value.code == "model_not_allowed"
         await client.embeddings.create(model="text-embedding-3-small", input="a")
     assert [r.endpoint for r in upstream.requests] == ["embeddings"]
+
+
+async def test_a_chat_stream_tells_its_cost_in_the_usage_the_app_asked_for(
+    sidecar: Sidecar,
+) -> None:
+    messages: Any = [{"role": "user", "content": "hello"}]
+    async with sdk(sidecar) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=messages
+        )
+        header = float(raw.headers["x-openai-runtime-cost-usd"])
+        chunks = [
+            c
+            async for c in await client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        ]
+        quiet = [
+            c
+            async for c in await client.chat.completions.create(
+                model="gpt-4o-mini", messages=messages, stream=True
+            )
+        ]
+    [usage] = [c.usage for c in chunks if c.usage is not None]
+    assert usage.openai_runtime_cost_usd == pytest.approx(header)  # type: ignore[attr-defined]
+    # An app that did not ask for usage gets no usage chunk, as upstream would send.
+    assert all(c.usage is None for c in quiet)
