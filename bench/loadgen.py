@@ -2,13 +2,15 @@
 
 Where it sits in the flow::
 
-    run.py --measure_cell(proc, url, c, seconds, stream)--> wrk (wrk.lua: BENCHJSON line)
+    run.py --probe(url, mode)--> one request: does the target serve this mode at all?
+           --measure_cell(proc, url, c, seconds, mode)--> wrk (wrk.lua: BENCHJSON line)
                                                   + targets.RssSampler / cpu_seconds
            --measure_ttft(proc, url, c, seconds)--> streamgen.py (a separate process, JSON)
         <-- one cell's figures: req/s, percentiles in ms, CPU s per 1k requests, peak RSS
 
-Both generators get the request body in ``BENCH_BODY`` and print their raw
-figures; they are parsed here into the cells that results.json holds.
+Both generators get the request body in ``BENCH_BODY`` and the mode's path in
+their URL, and print their raw figures; they are parsed here into the cells
+that results.json holds.
 """
 
 from __future__ import annotations
@@ -16,13 +18,37 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from typing import Any
 
-from common import BENCH, BODY, PY, STREAM_BODY
+from common import BENCH, CLIENT_KEY, MODES, PY, Mode
 from targets import Proc, RssSampler, cpu_seconds
 
 
-def wrk(url: str, connections: int, seconds: float, body: dict[str, Any]) -> dict[str, Any]:
+def probe(url: str, mode: Mode) -> str | None:
+    """None when ``url`` answers one call of ``mode`` with 200, else what went wrong.
+
+    A target that does not serve a mode (a sidecar from before it proxied the
+    whole API, a proxy without the route) would answer wrk with fast errors,
+    figures that mean nothing; such a mode is left out for it (n/a).
+    """
+    request = urllib.request.Request(
+        url + mode.path,
+        data=json.dumps(mode.body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except OSError as exc:
+        return str(exc)
+
+
+def wrk(url: str, connections: int, seconds: float, mode: Mode) -> dict[str, Any]:
     argv = [
         "wrk",
         "-t1",
@@ -32,9 +58,9 @@ def wrk(url: str, connections: int, seconds: float, body: dict[str, Any]) -> dic
         "10s",
         "-s",
         str(BENCH / "wrk.lua"),
-        url + "/v1/chat/completions",
+        url + mode.path,
     ]
-    env = {**os.environ, "BENCH_BODY": json.dumps(body)}
+    env = {**os.environ, "BENCH_BODY": json.dumps(mode.body)}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
     for line in done.stdout.splitlines():
         if line.startswith("BENCHJSON "):
@@ -46,7 +72,7 @@ def wrk(url: str, connections: int, seconds: float, body: dict[str, Any]) -> dic
 def streamgen(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
     argv = [PY, str(BENCH / "streamgen.py"), url + "/v1/chat/completions"]
     argv += [str(concurrency), str(seconds)]
-    env = {**os.environ, "BENCH_BODY": json.dumps(STREAM_BODY)}
+    env = {**os.environ, "BENCH_BODY": json.dumps(MODES["stream"].body)}
     done = subprocess.run(
         argv, capture_output=True, text=True, env=env, cwd=BENCH, timeout=seconds + 60
     )
@@ -63,20 +89,19 @@ def pct(samples: list[int], p: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))])
 
 
-def measure_cell(
-    proc: Proc | None, url: str, c: int, seconds: float, stream: bool
-) -> dict[str, Any]:
+def measure_cell(proc: Proc | None, url: str, c: int, seconds: float, mode: Mode) -> dict[str, Any]:
     pids = proc.pids if proc is not None else []
     cpu0 = cpu_seconds(pids)
     with RssSampler(pids) as rss:
-        figures = wrk(url, c, seconds, STREAM_BODY if stream else BODY)
+        figures = wrk(url, c, seconds, mode)
     cpu = cpu_seconds(pids) - cpu0
     requests = figures["requests"]
     errors = figures["errors"]
     p = figures["percentiles_us"]
     return {
         "concurrency": c,
-        "stream": stream,
+        "mode": mode.key,
+        "stream": mode.stream,
         "requests": requests,
         "rps": requests / (figures["duration_us"] / 1e6),
         "errors": sum(errors.values()),

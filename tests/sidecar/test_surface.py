@@ -343,3 +343,120 @@ async def test_a_chat_stream_tells_its_cost_in_the_usage_the_app_asked_for(
     assert usage.openai_runtime_cost_usd == pytest.approx(header)  # type: ignore[attr-defined]
     # An app that did not ask for usage gets no usage chunk, as upstream would send.
     assert all(c.usage is None for c in quiet)
+
+
+async def test_an_azure_sdk_app_reaches_every_route_of_the_resource(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    """The Azure SDK's own routes, deployments named by ``model``, its api-version."""
+    deployments = [
+        "gpt-4o-mini-prod",
+        "text-embedding-3-small-prod",
+        "gpt-35-turbo-instruct-prod",
+        "whisper-prod",
+        "tts-prod",
+        "dall-e-3-prod",
+    ]
+    sidecar = await make_sidecar(
+        "azure",
+        variant={
+            "azure": {
+                "endpoint": upstream.url,
+                "deployment": "gpt-4o-prod",
+                "deployments": deployments,
+            }
+        },
+    )
+    version = "2025-03-01-preview"
+    async with openai.AsyncAzureOpenAI(
+        azure_endpoint=sidecar.api_url, api_key=APP_KEY, api_version=version, max_retries=0
+    ) as azure:
+        vectors = await azure.embeddings.with_raw_response.create(
+            model="text-embedding-3-small-prod", input="a"
+        )
+        assert vectors.parse().data and "x-openai-runtime-cost-usd" in vectors.headers
+        text = await azure.completions.create(model="gpt-35-turbo-instruct-prod", prompt="hi")
+        assert text.choices
+        reply = await azure.responses.create(model="gpt-4o-prod", input="hi")
+        assert reply.usage is not None
+        heard = await azure.audio.transcriptions.create(
+            model="whisper-prod", file=("a.wav", io.BytesIO(b"\0" * 5000), "audio/wav")
+        )
+        assert heard.text
+        spoken = await azure.audio.speech.create(model="tts-prod", voice="alloy", input="hi")
+        assert len(spoken.read()) > 0
+        image = await azure.images.generate(model="dall-e-3-prod", prompt="a cat")
+        assert image.data
+        uploaded = await azure.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+        assert len((await azure.files.content(uploaded.id)).read()) == 3
+        batch = await azure.batches.create(
+            input_file_id=uploaded.id, endpoint="/chat/completions", completion_window="24h"
+        )
+        assert (await azure.batches.retrieve(batch.id)).id == batch.id
+        models = await azure.models.list()
+        assert [m async for m in models]
+    seen = {(r.method, r.path) for r in upstream.requests}
+    assert {
+        ("POST", "/openai/deployments/text-embedding-3-small-prod/embeddings"),
+        ("POST", "/openai/deployments/gpt-35-turbo-instruct-prod/completions"),
+        ("POST", "/openai/responses"),
+        ("POST", "/openai/deployments/whisper-prod/audio/transcriptions"),
+        ("POST", "/openai/deployments/tts-prod/audio/speech"),
+        ("POST", "/openai/deployments/dall-e-3-prod/images/generations"),
+        ("POST", "/openai/files"),
+        ("GET", f"/openai/files/{uploaded.id}/content"),
+        ("POST", "/openai/batches"),
+        ("GET", "/openai/models"),
+    } <= seen
+    assert {r.query.get("api-version") for r in upstream.requests} == {version}
+    assert {r.key_fingerprint for r in upstream.requests} == {fingerprint(OLD_KEY)}
+    assert sidecar.spend["text-embedding-3-small"].prompt_tokens > 0
+
+
+async def test_an_openai_sdk_app_on_an_azure_runtime(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    """Resource-level operations go to the resource with the runtime's api-version."""
+    sidecar = await make_sidecar("azure")
+    async with sdk(sidecar) as client:
+        created = await client.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+        listed = await client.files.list()
+        assert created.id in [f.id async for f in listed]
+        reply = await client.responses.create(model="gpt-4o-prod", input="hi")
+        assert reply.output_text
+    paths = [(r.method, r.path) for r in upstream.requests]
+    assert paths == [
+        ("POST", "/openai/files"),
+        ("GET", "/openai/files"),
+        ("POST", "/openai/responses"),
+    ]
+    assert {r.query.get("api-version") for r in upstream.requests} == {"2024-10-21"}
+
+
+async def test_azure_v1_routes_keep_their_shape(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    """An app on Azure's GA ``/openai/v1`` routes (the OpenAI SDK, base URL on the resource)."""
+    sidecar = await make_sidecar(
+        "azure",
+        variant={
+            "azure": {
+                "endpoint": upstream.url,
+                "deployment": "gpt-4o-prod",
+                "deployments": ["text-embedding-3-small-prod"],
+            }
+        },
+    )
+    async with openai.AsyncOpenAI(
+        base_url=sidecar.api_url + "/openai/v1", api_key=APP_KEY, max_retries=0
+    ) as client:
+        vectors = await client.embeddings.create(model="text-embedding-3-small-prod", input="a")
+        assert vectors.data
+        reply = await client.chat.completions.create(
+            model="gpt-4o-prod", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices
+    embeddings, chat = upstream.requests
+    assert embeddings.path == "/openai/v1/embeddings" and "api-version" not in embeddings.query
+    assert chat.path == "/openai/deployments/gpt-4o-prod/chat/completions"
+    assert {r.key_fingerprint for r in upstream.requests} == {fingerprint(OLD_KEY)}
