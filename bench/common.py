@@ -67,9 +67,13 @@ class Mode:
 MODES = {
     mode.key: mode
     for mode in (
-        Mode("json", "json", "Chat, non-streaming", "/v1/chat/completions", BODY),
+        Mode("json", "chat", "Chat, non-streaming", "/v1/chat/completions", BODY),
         Mode(
-            "stream", "sse", "Chat, streaming (SSE, 50 chunks)", "/v1/chat/completions", STREAM_BODY
+            "stream",
+            "chat-sse",
+            "Chat, streaming (SSE, 50 chunks)",
+            "/v1/chat/completions",
+            STREAM_BODY,
         ),
         Mode(
             "embeddings",

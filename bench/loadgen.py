@@ -70,7 +70,7 @@ def wrk(url: str, connections: int, seconds: float, mode: Mode) -> dict[str, Any
 
 
 def streamgen(url: str, concurrency: int, seconds: float) -> dict[str, Any]:
-    argv = [PY, str(BENCH / "streamgen.py"), url + "/v1/chat/completions"]
+    argv = [PY, str(BENCH / "streamgen.py"), url + MODES["stream"].path]
     argv += [str(concurrency), str(seconds)]
     env = {**os.environ, "BENCH_BODY": json.dumps(MODES["stream"].body)}
     done = subprocess.run(

@@ -7,6 +7,7 @@ Where it sits in the flow::
         --> print_table() --> stdout
         --> plot_latency() --> plot.py (bench/.venv-litellm) --> latency.png
         targets_check(): each goal against the figures --> (target, measured, goal, verdict)
+        before_after(): the sidecar / the sidecar at --compare-ref, cell by cell
 
 Nothing here measures; the same results.json always renders the same report.
 ``machine()`` describes the host when a run starts.
@@ -20,7 +21,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from common import BENCH, CONCURRENCY, LITELLM_PY, TARGETS, TTFT_CONCURRENCY, say
+from common import (
+    BENCH,
+    CONCURRENCY,
+    LITELLM_PY,
+    MODES,
+    TARGETS,
+    TTFT_CONCURRENCY,
+    Mode,
+    mode_of,
+    say,
+)
 
 
 def machine() -> dict[str, str]:
@@ -59,14 +70,27 @@ def fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def cell(results: dict[str, Any], target: str, stream: bool, c: int) -> dict[str, Any] | None:
+def modes_of(results: dict[str, Any]) -> list[Mode]:
+    """The modes a run measured (results.json from before the other modes: chat's two)."""
+    return [MODES[key] for key in results.get("modes", ("json", "stream"))]
+
+
+def cell(results: dict[str, Any], target: str, mode: str, c: int) -> dict[str, Any] | None:
     data = results["targets"].get(target)
     if not data or "cells" not in data:
         return None
     for item in data["cells"]:
-        if item["stream"] == stream and item["concurrency"] == c:
+        if mode_of(item) == mode and item["concurrency"] == c:
             return dict(item)
     return None
+
+
+def spread(item: dict[str, Any] | None) -> float | None:
+    """How far apart the rounds' req/s landed: (highest - lowest) / highest."""
+    rounds = item.get("rps_rounds") if item else None
+    if not rounds or len(rounds) < 2 or max(rounds) <= 0:
+        return None
+    return (max(rounds) - min(rounds)) / max(rounds)
 
 
 def ttft_of(results: dict[str, Any], target: str, c: int) -> dict[str, Any] | None:
@@ -96,15 +120,16 @@ def _at_most(
 def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(target, measured, goal, verdict) rows."""
     rows: list[tuple[str, str, str, str]] = []
-    for stream in (False, True):
-        mode = "stream" if stream else "non-stream"
+    for mode in modes_of(results):
         for c in (32, 128):
-            side, bare, lite = (cell(results, t, stream, c) for t in ("sidecar", "bare", "litellm"))
+            side, bare, lite = (
+                cell(results, t, mode.key, c) for t in ("sidecar", "bare", "litellm")
+            )
             if side and bare:
                 ratio = side["rps"] / bare["rps"]
                 rows.append(
                     (
-                        f"throughput vs bare, {mode}, c={c}",
+                        f"throughput vs bare, {mode.label}, c={c}",
                         f"{ratio:.0%}",
                         ">= 70%",
                         _verdict(ratio >= 0.7, f"{(ratio - 0.7) * 100:+.0f} points"),
@@ -114,20 +139,19 @@ def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 ratio = side["rps"] / lite["rps"]
                 rows.append(
                     (
-                        f"throughput vs LiteLLM, {mode}, c={c}",
+                        f"throughput vs LiteLLM, {mode.label}, c={c}",
                         f"{ratio:.1f}x",
                         ">= 20x",
                         _verdict(ratio >= 20, f"{ratio / 20:.2f} of goal"),
                     )
                 )
             elif side:
-                rows.append((f"throughput vs LiteLLM, {mode}, c={c}", "n/a", ">= 20x", "n/a"))
-    for stream in (False, True):
-        mode = "stream" if stream else "non-stream"
-        side, direct = cell(results, "sidecar", stream, 1), cell(results, "direct", stream, 1)
+                rows.append((f"throughput vs LiteLLM, {mode.label}, c={c}", "n/a", ">= 20x", "n/a"))
+    for mode in modes_of(results):
+        side, direct = cell(results, "sidecar", mode.key, 1), cell(results, "direct", mode.key, 1)
         if side and direct:
             for key, goal in (("p50_ms", 0.5), ("p99_ms", 1.5)):
-                label = f"added latency {key[:3]}, {mode}, c=1"
+                label = f"added latency {key[:3]}, {mode.label}, c=1"
                 rows.append(_at_most(label, side[key] - direct[key], goal, "ms", 3))
     side, direct = ttft_of(results, "sidecar", 1), ttft_of(results, "direct", 1)
     if side and direct:
@@ -147,6 +171,78 @@ def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         label = f"RSS drift over {drift['requests'] // 1000}k requests"
         rows.append(_at_most(label, drift["drift_mb"], 5, "MB", 1, signed=True))
     return rows
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+BeforeAfter = tuple[
+    Mode, int, float | None, float | None, float | None, float | None, float | None, Any, Any
+]
+
+
+def before_after(results: dict[str, Any]) -> list[BeforeAfter]:
+    """Per mode and concurrency: (mode, c, req/s now, req/s before, the ratios of req/s,
+    p50 and p99 now / before, and each side's spread over its rounds).
+
+    Empty without ``--compare-ref``; a mode the older sidecar did not serve has
+    its figures now and n/a for the rest.
+    """
+    if "sidecar-ref" not in results["targets"]:
+        return []
+    rows: list[BeforeAfter] = []
+    for mode in modes_of(results):
+        for c in CONCURRENCY:
+            new, ref = (
+                cell(results, "sidecar", mode.key, c),
+                cell(results, "sidecar-ref", mode.key, c),
+            )
+            if new is None:
+                continue
+            if ref is None or ref["rps"] <= 0:
+                rows.append((mode, c, new["rps"], None, None, None, None, spread(new), None))
+                continue
+            rows.append(
+                (
+                    mode,
+                    c,
+                    new["rps"],
+                    ref["rps"],
+                    new["rps"] / ref["rps"],
+                    new["p50_ms"] / ref["p50_ms"] if ref["p50_ms"] else None,
+                    new["p99_ms"] / ref["p99_ms"] if ref["p99_ms"] else None,
+                    spread(new),
+                    spread(ref),
+                )
+            )
+    return rows
+
+
+def before_after_markdown(results: dict[str, Any]) -> list[str]:
+    rows = before_after(results)
+    if not rows:
+        return []
+    before = TARGETS.get("sidecar-ref", "sidecar-ref")
+    lines = [
+        "",
+        f"## Before and after: {TARGETS['sidecar']} / {before}",
+        "",
+        "Both sidecars ran in the same run, cell after cell. A req/s ratio above 1 and",
+        "latency ratios below 1 favour the working tree. Round spread is (highest -",
+        "lowest) / highest req/s over the rounds of that cell: differences within it",
+        "are noise.",
+        "",
+        "| mode | c | req/s now | req/s before | req/s ratio | p50 ratio | p99 ratio "
+        "| round spread now | round spread before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode, c, rps, ref_rps, ratio, p50, p99, new_spread, ref_spread in rows:
+        lines.append(
+            f"| {mode.label} | {c} | {fmt(rps, 0)} | {fmt(ref_rps, 0)} | {fmt(ratio)} "
+            f"| {fmt(p50)} | {fmt(p99)} | {_pct(new_spread)} | {_pct(ref_spread)} |"
+        )
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -177,17 +273,17 @@ def markdown(results: dict[str, Any]) -> str:
     for key, value in results["machine"].items():
         lines.append(f"- {key}: {value}")
     names = [t for t in TARGETS if t in results["targets"]]
-    for stream in (False, True):
-        lines += ["", f"## {'Streaming (SSE, 50 chunks)' if stream else 'Non-streaming'}", ""]
+    for mode in modes_of(results):
+        lines += ["", f"## {mode.title}", "", f"`POST {mode.path}`", ""]
         lines.append(
             "| target | c | req/s | p50 ms | p90 ms | p99 ms | added p50 ms | added p99 ms "
             "| CPU s / 1k req | peak RSS MB | errors |"
         )
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for c in CONCURRENCY:
-            direct = cell(results, "direct", stream, c)
+            direct = cell(results, "direct", mode.key, c)
             for name in names:
-                item = cell(results, name, stream, c)
+                item = cell(results, name, mode.key, c)
                 if item is None:
                     lines.append(f"| {TARGETS[name]} | {c} | n/a |||||||||")
                     continue
@@ -246,6 +342,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{drift['rss_after_mb']:.1f} MB after {drift['requests']} more non-streamed "
             f"requests at c=32 ({drift['drift_mb']:+.1f} MB).",
         ]
+    lines += before_after_markdown(results)
     lines += ["", "## Targets", "", "| target | measured | goal | verdict |", "|---|---:|---:|---|"]
     for row in targets_check(results):
         lines.append("| " + " | ".join(row) + " |")
@@ -260,20 +357,28 @@ def markdown(results: dict[str, Any]) -> str:
 def print_table(results: dict[str, Any]) -> None:
     say("")
     say(
-        f"{'target':34} {'mode':6} {'c':>4} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} "
+        f"{'target':34} {'mode':8} {'c':>4} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} "
         f"{'cpu/1k':>7} {'rssMB':>6}"
     )
     for name in TARGETS:
-        for stream in (False, True):
+        for mode in modes_of(results):
             for c in CONCURRENCY:
-                item = cell(results, name, stream, c)
+                item = cell(results, name, mode.key, c)
                 if item is None:
                     continue
                 say(
-                    f"{TARGETS[name]:34} {'sse' if stream else 'json':6} {c:>4} {item['rps']:8.0f} "
+                    f"{TARGETS[name]:34} {mode.label:8} {c:>4} {item['rps']:8.0f} "
                     f"{item['p50_ms']:7.2f} {item['p90_ms']:7.2f} {item['p99_ms']:7.2f} "
                     f"{fmt(item['cpu_s_per_1k'], 3):>7} {fmt(item['peak_rss_mb'], 1):>6}"
                 )
+    rows = before_after(results)
+    if rows:
+        say(f"\nsidecar / {TARGETS.get('sidecar-ref', 'sidecar-ref')} (req/s, p50, p99 ratios):")
+        for mode, c, _, _, rps, p50, p99, new_spread, ref_spread in rows:
+            say(
+                f"  {mode.label:8} c={c:<3} req/s {fmt(rps)}  p50 {fmt(p50)}  p99 {fmt(p99)}  "
+                f"round spread {_pct(new_spread)} / {_pct(ref_spread)}"
+            )
     say("")
     for row in targets_check(results):
         say(f"  {row[0]:44} {row[1]:>10}  goal {row[2]:>8}  {row[3]}")

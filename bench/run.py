@@ -1,17 +1,21 @@
 """Side-by-side proxy benchmark: direct, bare pass-through, the sidecar, LiteLLM.
 
 Everything runs on loopback against one instant upstream (``upstream.py``), so
-what is measured is the proxy. For each target and each mode (non-streaming,
-streaming with 50 SSE chunks) wrk drives a fixed duration at concurrency 1, 32
-and 128; a separate Python process (``streamgen.py``) measures time to first
-token. The proxy process's CPU time and RSS are read from /proc. Then start-up
-to ``/readyz`` = 200, idle RSS, and RSS drift over 100k requests.
+what is measured is the proxy. For each target and each mode (chat
+non-streamed and streamed with 50 SSE chunks, embeddings, the Responses API
+non-streamed and streamed; ``common.MODES``) that the target serves, wrk
+drives a fixed duration at concurrency 1, 32 and 128; a separate Python
+process (``streamgen.py``) measures chat's time to first token. The proxy
+process's CPU time and RSS are read from /proc. Then start-up to ``/readyz`` =
+200, idle RSS, and RSS drift over 100k requests.
 
 Writes ``bench/results.json`` (raw), ``bench/RESULTS.md`` (tables, machine,
 targets) and ``bench/latency.png`` (when matplotlib could be installed in the
 bench's own virtual environment). Usage::
 
     python bench/run.py [--seconds 5] [--no-litellm] [--drift-requests 100000]
+                        [--modes json,stream,embeddings,responses,responses-stream]
+                        [--compare-ref REF]
 
 Where it sits: this is the driver (the command line, the rounds, the start-up
 and drift runs). It starts the targets with ``targets.py``, loads them with
@@ -33,15 +37,15 @@ from typing import Any
 
 from common import (
     BENCH,
-    BODY,
     CONCURRENCY,
     LITELLM_PY,
-    STREAM_BODY,
+    MODES,
     TARGETS,
     TTFT_CONCURRENCY,
+    Mode,
     say,
 )
-from loadgen import measure_cell, measure_ttft, wrk
+from loadgen import measure_cell, measure_ttft, probe, wrk
 from report import cell, machine, markdown, plot_latency, print_table
 from targets import (
     Proc,
@@ -57,49 +61,78 @@ from targets import (
 
 def _cell_line(name: str, item: dict[str, Any]) -> str:
     return (
-        f"  {TARGETS[name]:30} {'stream' if item['stream'] else 'json  '} "
+        f"  {TARGETS[name]:30} {MODES[item['mode']].label:8} "
         f"c={item['concurrency']:<3} {item['rps']:8.0f} req/s  p50 {item['p50_ms']:7.2f}  "
         f"p99 {item['p99_ms']:7.2f} ms  errors {item['errors']}"
     )
 
 
-def bench_all(procs: dict[str, Proc | None], urls: dict[str, str], args: Any) -> dict[str, Any]:
+def served_modes(
+    urls: dict[str, str], modes: list[Mode], notes: list[str]
+) -> dict[str, list[Mode]]:
+    """The modes each target answers with 200; the others are its n/a rows, with a note."""
+    served: dict[str, list[Mode]] = {}
+    for name, url in urls.items():
+        served[name] = []
+        for mode in modes:
+            problem = probe(url, mode)
+            if problem is None:
+                served[name].append(mode)
+                continue
+            say(f"{TARGETS[name]}: {mode.path} ({mode.key}) not served ({problem}); n/a")
+            notes.append(f"{TARGETS[name]}: {mode.title} not served ({problem}); n/a.")
+    return served
+
+
+def bench_all(
+    procs: dict[str, Proc | None], urls: dict[str, str], args: Any, notes: list[str]
+) -> dict[str, Any]:
     """Every cell for every target, targets interleaved cell by cell, best of the rounds.
 
     All targets are up at once (an idle proxy costs nothing), so a burst of
     load from elsewhere on a shared machine hits one cell of each target
     rather than all cells of one; the best of ``rounds`` keeps the figure
-    least disturbed by it.
+    least disturbed by it, and every round's req/s is kept beside it
+    (``rps_rounds``) to show how far apart rounds land.
     """
     out: dict[str, dict[str, Any]] = {name: {"cells": [], "ttft": []} for name in urls}
+    served = served_modes(urls, args.modes, notes)
     for name, url in urls.items():
-        wrk(url, 32, 1, BODY)  # warm-up: connections, caches, lazy imports
-        wrk(url, 32, 1, STREAM_BODY)
+        for mode in served[name]:
+            wrk(url, 32, 1, mode)  # warm-up: connections, caches, lazy imports
         proc = procs[name]
         if proc is not None:
             out[name]["rss_after_warmup_mb"] = rss_mb(proc.pids)
-    best: dict[tuple[str, bool, int], dict[str, Any]] = {}
+    best: dict[tuple[str, str, int], dict[str, Any]] = {}
     for round_no in range(args.rounds):
         say(f"== round {round_no + 1} of {args.rounds}")
-        for stream in (False, True):
+        for mode in args.modes:
             for c in CONCURRENCY:
                 for name, url in urls.items():
-                    item = measure_cell(procs[name], url, c, args.seconds, stream)
+                    if mode not in served[name]:
+                        continue
+                    item = measure_cell(procs[name], url, c, args.seconds, mode)
                     say(_cell_line(name, item))
-                    key = (name, stream, c)
+                    key = (name, mode.key, c)
                     previous = best.get(key)
                     if previous is None:
+                        best[key] = {**item, "rps_rounds": [item["rps"]]}
+                        continue
+                    peak = max(item["peak_rss_mb"] or 0, previous["peak_rss_mb"] or 0) or None
+                    rounds = [*previous["rps_rounds"], item["rps"]]
+                    if item["rps"] > previous["rps"]:
                         best[key] = item
-                    else:
-                        peak = max(item["peak_rss_mb"] or 0, previous["peak_rss_mb"] or 0) or None
-                        if item["rps"] > previous["rps"]:
-                            best[key] = item
-                        best[key]["peak_rss_mb"] = peak
+                    best[key]["peak_rss_mb"] = peak
+                    best[key]["rps_rounds"] = rounds
     for (name, _, _), item in best.items():
         out[name]["cells"].append(item)
+    if MODES["stream"] not in args.modes:
+        return out
     say("== time to first token")
     for c in TTFT_CONCURRENCY:
         for name, url in urls.items():
+            if MODES["stream"] not in served[name]:
+                continue
             ttft = measure_ttft(procs[name], url, c, args.seconds)
             out[name]["ttft"].append(ttft)
             say(
@@ -133,7 +166,7 @@ def drift_run(proc: Proc, url: str, total: int, rate_hint: float) -> dict[str, A
     done, rounds = 0, 0
     while done < total and rounds < 20:
         seconds = max(2.0, min(120.0, (total - done) / max(rate_hint, 1.0) * 1.05))
-        figures = wrk(url, 32, seconds, BODY)
+        figures = wrk(url, 32, seconds, MODES["json"])
         done += figures["requests"]
         rate_hint = figures["requests"] / (figures["duration_us"] / 1e6)
         rounds += 1
@@ -169,6 +202,11 @@ def main() -> int:
     parser.add_argument("--startup-runs", type=int, default=5)
     parser.add_argument("--only", help="comma-separated targets (direct,bare,sidecar,litellm)")
     parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated modes (default all: {','.join(MODES)})",
+    )
+    parser.add_argument(
         "--compare-ref", help="also measure the sidecar as committed at this git ref (before/after)"
     )
     parser.add_argument(
@@ -179,6 +217,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.report_only:
         return report_only()
+    unknown = set(args.modes.split(",")) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))} (known: {', '.join(MODES)})")
+    args.modes = [mode for key, mode in MODES.items() if key in args.modes.split(",")]
     if args.compare_ref:
         TARGETS["sidecar-ref"] = f"sidecar at {args.compare_ref}"
     if shutil.which("wrk") is None:
@@ -190,6 +232,7 @@ def main() -> int:
     results: dict[str, Any] = {
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "modes": [mode.key for mode in args.modes],
         "machine": machine(),
         "targets": {},
         "notes": [],
@@ -240,7 +283,7 @@ def main() -> int:
             time.sleep(1.0)
             idle = {name: rss_mb(p.pids) for name, p in procs.items() if p is not None}
             try:
-                measured = bench_all(procs, urls, args)
+                measured = bench_all(procs, urls, args, results["notes"])
             except (RuntimeError, subprocess.SubprocessError) as exc:
                 say(f"measurement failed: {exc}")
                 results["notes"].append(f"measurement failed ({exc}).")
@@ -258,7 +301,7 @@ def main() -> int:
             side = procs.get("sidecar")
             if side is not None and args.drift_requests > 0:
                 say(f"== sidecar RSS drift over {args.drift_requests} requests")
-                hint = cell(results, "sidecar", False, 32)
+                hint = cell(results, "sidecar", "json", 32)
                 try:
                     results["drift"] = drift_run(
                         side, side.url, args.drift_requests, hint["rps"] if hint else 1000.0

@@ -27,7 +27,18 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import BENCH, BIN, CLIENT_KEY, LITELLM_PY, LITELLM_VENV, MODEL, PY, ROOT, say
+from common import (
+    BENCH,
+    BIN,
+    CLIENT_KEY,
+    EMBED_MODEL,
+    LITELLM_PY,
+    LITELLM_VENV,
+    MODEL,
+    PY,
+    ROOT,
+    say,
+)
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -205,7 +216,7 @@ def sidecar_config(work: Path, upstream: str) -> tuple[Path, str, str]:
         "runtime": {"namespace": "bench", "name": "sidecar"},
         "variant": {"direct": {"endpoint": upstream + "/v1"}},
         "apiKey": {"file": str(key)},
-        "models": {"allow": [MODEL], "default": MODEL},
+        "models": {"allow": [MODEL, EMBED_MODEL], "default": MODEL},
         "listen": {"api": f"127.0.0.1:{api}", "admin": f"127.0.0.1:{admin}"},
         # The limiter stays on; its budgets are set so that it admits the whole
         # load (the defaults, 500 requests/min and 64 in flight, would
@@ -289,13 +300,17 @@ def ensure_bench_venv(work: Path) -> dict[str, bool]:
 def start_litellm(work: Path, upstream: str) -> Proc:
     port = free_port()
     config = work / "litellm.yaml"
-    config.write_text(
-        "model_list:\n"
-        f"  - model_name: {MODEL}\n"
+    models = "".join(
+        f"  - model_name: {name}\n"
         "    litellm_params:\n"
-        f"      model: openai/{MODEL}\n"
+        f"      model: openai/{name}\n"
         f"      api_base: {upstream}/v1\n"
         "      api_key: sk-bench-upstream\n"
+        for name in (MODEL, EMBED_MODEL)
+    )
+    config.write_text(
+        "model_list:\n"
+        f"{models}"
         "litellm_settings:\n"
         "  telemetry: false\n"
         "  set_verbose: false\n"

@@ -1,4 +1,5 @@
--- POST the body in BENCH_BODY; at the end print one JSON line of figures.
+-- POST the body in BENCH_BODY to the URL wrk was given (its path is the mode's:
+-- chat, embeddings, responses); at the end print one JSON line of figures.
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"

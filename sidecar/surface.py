@@ -117,6 +117,9 @@ class SurfaceHandlers:
             try:
                 call = await proxy(sidecar.runner, outgoing, observer=trace)
             except RunnerError as err:
+                if isinstance(body, _Upload) and body.refusal is not None:
+                    info = err.info
+                    raise body.refusal from None
                 info, error = err.info, err
                 refused = error_response(err)
                 status = refused.status
@@ -198,7 +201,7 @@ class SurfaceHandlers:
 
     async def _body(
         self, request: web.Request, operation: Operation
-    ) -> tuple[bytes | AsyncIterator[bytes] | None, dict[str, Any] | None]:
+    ) -> tuple[bytes | _Upload | None, dict[str, Any] | None]:
         """The body to send on, and the JSON object it is, if it is one."""
         limits = self.sidecar.config.limits
         if request.method in ("GET", "HEAD", "DELETE") and not request.body_exists:
@@ -212,7 +215,7 @@ class SurfaceHandlers:
                     "request_too_large",
                     status=413,
                 )
-            return _streamed(request, limits.max_upload_bytes, limits.body_timeout), None
+            return _Upload(request, limits.max_upload_bytes, limits.body_timeout), None
         try:
             async with asyncio.timeout(limits.body_timeout):
                 raw = await request.read()
@@ -302,15 +305,43 @@ def _ask_for_usage(
     return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode(), not requested
 
 
-async def _streamed(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:
-    """The request body as it arrives: never more than ``limit`` bytes, never stalled."""
-    total = 0
-    while True:
-        async with asyncio.timeout(idle):
-            chunk = await request.content.readany()
-        if not chunk:
-            return
-        total += len(chunk)
-        if total > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=total)
-        yield chunk
+class _Upload:
+    """The request body as it arrives: never more than ``limit`` bytes, never stalled.
+
+    A body without a Content-Length can only be found too large on the way;
+    sending it then fails, and :attr:`refusal` says why, for the app's answer.
+    """
+
+    def __init__(self, request: web.Request, limit: int, idle: float) -> None:
+        self._request, self._limit, self._idle = request, limit, idle
+        self.refusal: BadRequest | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        total = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._idle):
+                    chunk = await self._request.content.readany()
+            except TimeoutError:
+                self.refusal = BadRequest(
+                    f"The upload stalled for more than {self._idle:g} seconds.",
+                    "request_timeout",
+                    status=408,
+                    close=True,
+                )
+                raise
+            if not chunk:
+                return
+            total += len(chunk)
+            if total > self._limit:
+                self.refusal = BadRequest(
+                    f"The upload exceeds the sidecar's limit of {self._limit} bytes.",
+                    "request_too_large",
+                    status=413,
+                    close=True,
+                )
+                raise self.refusal
+            yield chunk

@@ -460,3 +460,27 @@ async def test_azure_v1_routes_keep_their_shape(
     assert embeddings.path == "/openai/v1/embeddings" and "api-version" not in embeddings.query
     assert chat.path == "/openai/deployments/gpt-4o-prod/chat/completions"
     assert {r.key_fingerprint for r in upstream.requests} == {fingerprint(OLD_KEY)}
+
+
+async def test_an_upload_without_a_length_is_cut_at_the_limit(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    sidecar = await make_sidecar(limits={"maxUploadBytes": 65536})
+
+    async def body() -> Any:
+        for _ in range(64):
+            yield b"x" * 4096
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            sidecar.api_url + "/v1/files",
+            data=body(),
+            headers={"Content-Type": "application/octet-stream"},
+        ) as response,
+    ):
+        payload = await response.json()
+    assert response.status == 413
+    assert payload["error"]["code"] == "request_too_large"
+    async with sdk(sidecar) as client:  # and the sidecar carries on
+        assert (await client.models.list()).data
