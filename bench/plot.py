@@ -2,9 +2,10 @@
 
 Runs in the bench's own environment (matplotlib is not a project dependency):
 ``.venv-litellm/bin/python bench/plot.py bench/results.json``. One panel per
-mode and concurrency; each line is a target's latency by percentile (wrk's
-percentiles, log scale), so the floor, the bare proxy, the sidecar and LiteLLM
-read side by side.
+mode (a row each: chat, chat streamed, embeddings, Responses API, streamed) and
+concurrency (a column each); each line is a target's latency by percentile
+(wrk's percentiles, log scale), so the floor, the bare proxy, the sidecar and
+LiteLLM read side by side.
 """
 
 from __future__ import annotations
@@ -12,12 +13,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+# Run isolated (python -I: the script's folder is not on sys.path), so
+# common.MODES cannot be imported; the titles are repeated here.
+TITLES = {
+    "json": "chat",
+    "stream": "chat, streamed (50 SSE chunks)",
+    "embeddings": "embeddings (1536 floats, base64)",
+    "responses": "Responses API",
+    "responses-stream": "Responses API, streamed (50 deltas)",
+}
 LABELS = {
     "direct": "direct (floor)",
     "bare": "bare pass-through",
@@ -34,17 +45,23 @@ COLOURS = {
 }
 
 
+def _mode(item: dict[str, Any]) -> str:
+    # results.json from before the modes has only "stream" (common.mode_of).
+    return str(item.get("mode") or ("stream" if item["stream"] else "json"))
+
+
 def main(path: Path) -> None:
     results = json.loads(path.read_text())
     concurrency = (1, 32, 128)
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), sharey=False)
-    for row, stream in enumerate((False, True)):
+    modes = results.get("modes", ["json", "stream"])
+    fig, axes = plt.subplots(
+        len(modes), 3, figsize=(15, 4.25 * len(modes)), sharey=False, squeeze=False
+    )
+    for row, mode in enumerate(modes):
         for col, c in enumerate(concurrency):
             ax = axes[row][col]
             for name, data in results["targets"].items():
-                cells = [
-                    x for x in data["cells"] if x["stream"] == stream and x["concurrency"] == c
-                ]
+                cells = [x for x in data["cells"] if _mode(x) == mode and x["concurrency"] == c]
                 if not cells:
                     continue
                 points = sorted((float(p), ms) for p, ms in cells[0]["percentiles_ms"].items())
@@ -56,7 +73,7 @@ def main(path: Path) -> None:
                     xs, ys, style, marker="o", markersize=3, label=label, color=COLOURS.get(name)
                 )
             ax.set_yscale("log")
-            ax.set_title(f"{'streaming (50 SSE chunks)' if stream else 'non-streaming'}, c={c}")
+            ax.set_title(f"{TITLES.get(mode, mode)}, c={c}")
             ax.set_xlabel("percentile")
             ax.set_ylabel("latency (ms, log)")
             ax.grid(True, which="both", alpha=0.3)

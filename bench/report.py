@@ -19,7 +19,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from common import (
     BENCH,
@@ -177,45 +177,34 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0%}"
 
 
-BeforeAfter = tuple[
-    Mode, int, float | None, float | None, float | None, float | None, float | None, Any, Any
-]
+class Comparison(NamedTuple):
+    """One cell of the sidecar beside the same cell of the sidecar at ``--compare-ref``."""
+
+    mode: Mode
+    c: int
+    now: dict[str, Any]
+    before: dict[str, Any] | None
+
+    def ratio(self, key: str) -> float | None:
+        """Now / before for one figure (req/s, p50_ms, p99_ms); None when not comparable."""
+        if self.before is None or not self.before[key]:
+            return None
+        return float(self.now[key] / self.before[key])
 
 
-def before_after(results: dict[str, Any]) -> list[BeforeAfter]:
-    """Per mode and concurrency: (mode, c, req/s now, req/s before, the ratios of req/s,
-    p50 and p99 now / before, and each side's spread over its rounds).
+def before_after(results: dict[str, Any]) -> list[Comparison]:
+    """The sidecar's cells beside the older sidecar's; empty without ``--compare-ref``.
 
-    Empty without ``--compare-ref``; a mode the older sidecar did not serve has
-    its figures now and n/a for the rest.
+    A mode the older sidecar did not serve has ``before`` None: n/a, not a ratio.
     """
     if "sidecar-ref" not in results["targets"]:
         return []
-    rows: list[BeforeAfter] = []
+    rows = []
     for mode in modes_of(results):
         for c in CONCURRENCY:
-            new, ref = (
-                cell(results, "sidecar", mode.key, c),
-                cell(results, "sidecar-ref", mode.key, c),
-            )
-            if new is None:
-                continue
-            if ref is None or ref["rps"] <= 0:
-                rows.append((mode, c, new["rps"], None, None, None, None, spread(new), None))
-                continue
-            rows.append(
-                (
-                    mode,
-                    c,
-                    new["rps"],
-                    ref["rps"],
-                    new["rps"] / ref["rps"],
-                    new["p50_ms"] / ref["p50_ms"] if ref["p50_ms"] else None,
-                    new["p99_ms"] / ref["p99_ms"] if ref["p99_ms"] else None,
-                    spread(new),
-                    spread(ref),
-                )
-            )
+            now = cell(results, "sidecar", mode.key, c)
+            if now is not None:
+                rows.append(Comparison(mode, c, now, cell(results, "sidecar-ref", mode.key, c)))
     return rows
 
 
@@ -237,10 +226,13 @@ def before_after_markdown(results: dict[str, Any]) -> list[str]:
         "| round spread now | round spread before |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for mode, c, rps, ref_rps, ratio, p50, p99, new_spread, ref_spread in rows:
+    for row in rows:
+        ref_rps = row.before["rps"] if row.before else None
         lines.append(
-            f"| {mode.label} | {c} | {fmt(rps, 0)} | {fmt(ref_rps, 0)} | {fmt(ratio)} "
-            f"| {fmt(p50)} | {fmt(p99)} | {_pct(new_spread)} | {_pct(ref_spread)} |"
+            f"| {row.mode.label} | {row.c} | {row.now['rps']:.0f} | {fmt(ref_rps, 0)} "
+            f"| {fmt(row.ratio('rps'))} | {fmt(row.ratio('p50_ms'))} "
+            f"| {fmt(row.ratio('p99_ms'))} | {_pct(spread(row.now))} "
+            f"| {_pct(spread(row.before))} |"
         )
     return lines
 
@@ -254,6 +246,8 @@ def markdown(results: dict[str, Any]) -> str:
         "targets run at once and are measured cell by cell in turn, and each figure is",
         f"the best of {results.get('rounds', 1)} rounds (the highest req/s, with its latencies);",
         "time to first token comes from `bench/streamgen.py`, a separate process.",
+        "Each target is first sent one call of each mode; a mode it does not answer",
+        "with 200 reads n/a for it (see the notes).",
         "CPU and RSS are the proxy process's own (its whole process tree), read from /proc.",
         "The machine is shared and has few cores: load generator, upstream and proxy",
         "compete for them, so compare the columns of one run; absolute figures vary.",
@@ -374,10 +368,11 @@ def print_table(results: dict[str, Any]) -> None:
     rows = before_after(results)
     if rows:
         say(f"\nsidecar / {TARGETS.get('sidecar-ref', 'sidecar-ref')} (req/s, p50, p99 ratios):")
-        for mode, c, _, _, rps, p50, p99, new_spread, ref_spread in rows:
+        for row in rows:
             say(
-                f"  {mode.label:8} c={c:<3} req/s {fmt(rps)}  p50 {fmt(p50)}  p99 {fmt(p99)}  "
-                f"round spread {_pct(new_spread)} / {_pct(ref_spread)}"
+                f"  {row.mode.label:8} c={row.c:<3} req/s {fmt(row.ratio('rps'))}  "
+                f"p50 {fmt(row.ratio('p50_ms'))}  p99 {fmt(row.ratio('p99_ms'))}  "
+                f"round spread {_pct(spread(row.now))} / {_pct(spread(row.before))}"
             )
     say("")
     for row in targets_check(results):

@@ -41,8 +41,11 @@ __all__ = ["SurfaceHandlers"]
 
 log = logging.getLogger("openai_runtime.requests")
 
-_BODY_HEADERS = ("content-type", "content-length", "idempotency-key")
+_BODY_HEADERS = ("content-type", "idempotency-key")
 """App headers that describe the body (the multipart boundary) or make a retry safe."""
+_UPLOAD_HEADERS = (*_BODY_HEADERS, "content-length")
+"""A streamed upload also keeps its length (a body in memory may have been rewritten,
+and aiohttp counts its bytes)."""
 _ANSWER_HEADERS = ("content-type", "content-disposition")
 
 
@@ -99,9 +102,8 @@ class SurfaceHandlers:
             trace.set_request(model=model, stream=stream)
             body, hide_usage = _ask_for_usage(operation, payload, body)
             headers = forward_headers(request.headers)
-            headers.update({k: v for k, v in request.headers.items() if k.lower() in _BODY_HEADERS})
-            if isinstance(body, bytes):
-                headers.pop("Content-Length", None)  # aiohttp counts the bytes it sends
+            kept = _BODY_HEADERS if isinstance(body, bytes) else _UPLOAD_HEADERS
+            headers.update({k: v for k, v in request.headers.items() if k.lower() in kept})
             outgoing = ProxyRequest(
                 operation,
                 request.method,
