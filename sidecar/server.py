@@ -35,8 +35,10 @@ __all__ = [
     "build_api_app",
     "error_response",
     "forward_headers",
+    "model_deployment",
     "openai_error",
     "passthrough",
+    "url_deployment",
 ]
 
 log = logging.getLogger("openai_runtime.requests")
@@ -173,6 +175,29 @@ def error_response(err: RunnerError) -> web.Response:
     return web.json_response(err.openai_body(), status=err.http_status(), headers=headers)
 
 
+def url_deployment(variant: object, name: str | None) -> str | None:
+    """The Azure deployment an Azure-style URL names; refused unless the runtime serves it.
+
+    None for an OpenAI runtime: there, the URL's deployment means nothing upstream.
+    """
+    if name is None or not isinstance(variant, AzureVariant):
+        return None
+    if not variant.allows(name):
+        allowed = ", ".join([variant.deployment, *variant.deployments])
+        raise BadRequest(
+            f"The deployment '{name}' is not served by this runtime (allowed: {allowed}).",
+            "deployment_not_allowed",
+        )
+    return name
+
+
+def model_deployment(variant: object, model: Any) -> str | None:
+    """As on Azure, a ``model`` that names a deployment the runtime serves chooses it."""
+    if isinstance(variant, AzureVariant) and isinstance(model, str) and variant.allows(model):
+        return model
+    return None
+
+
 class ApiHandlers:
     """Request handlers bound to one running :class:`~.app.Sidecar`."""
 
@@ -191,13 +216,10 @@ class ApiHandlers:
         # (the handler is cancelled) is still logged and accounted.
         opened: list[CallInfo] = []
         try:
-            deployment = self._deployment(request)
-            body = await self._read_body(request, model_required=deployment is None)
             variant = sidecar.config.variant.selected
-            if deployment is None and isinstance(variant, AzureVariant):
-                # As on Azure, a model that names a served deployment chooses it.
-                named = body.get("model")
-                deployment = named if isinstance(named, str) and variant.allows(named) else None
+            deployment = url_deployment(variant, request.match_info.get("deployment"))
+            body = await self._read_body(request, model_required=deployment is None)
+            deployment = deployment or model_deployment(variant, body.get("model"))
             stream = body.get("stream") is True
             trace.set_request(model=body.get("model"), stream=stream)
             extra = forward_headers(request.headers)
@@ -231,21 +253,6 @@ class ApiHandlers:
                 path=request.path,
             )
             log.info("request", extra={"fields": fields})
-
-    def _deployment(self, request: web.Request) -> str | None:
-        """The Azure deployment an Azure-style URL names, if the runtime serves it."""
-        deployment = request.match_info.get("deployment")
-        variant = self.sidecar.config.variant.selected
-        if deployment is None or not isinstance(variant, AzureVariant):
-            return None  # an OpenAI runtime: the URL's deployment means nothing upstream
-        if not variant.allows(deployment):
-            allowed = ", ".join([variant.deployment, *variant.deployments])
-            raise BadRequest(
-                f"The deployment '{deployment}' is not served by this runtime "
-                f"(allowed: {allowed}).",
-                "deployment_not_allowed",
-            )
-        return deployment
 
     async def _read_body(
         self, request: web.Request, *, model_required: bool = True

@@ -28,10 +28,16 @@ from aiohttp import web
 
 from .logs import request_fields
 from .runner import RunnerError
-from .runner.config import AzureVariant
 from .runner.operations import Operation, operation_for
 from .runner.proxying import ProxiedCall, ProxyRequest, proxy
-from .server import BadRequest, error_response, forward_headers, passthrough
+from .server import (
+    BadRequest,
+    error_response,
+    forward_headers,
+    model_deployment,
+    passthrough,
+    url_deployment,
+)
 
 if TYPE_CHECKING:
     from .app import Sidecar
@@ -94,10 +100,12 @@ class SurfaceHandlers:
                     "unsupported_endpoint",
                     status=501,
                 )
-            self._check_deployment(deployment)
+            variant = sidecar.config.variant.selected
+            deployment = url_deployment(variant, deployment)
             body, payload = await self._body(request, operation)
             model = self._check_model(operation, payload, deployment)
-            deployment = deployment or self._deployment_named(operation, model)
+            if operation.per_deployment:
+                deployment = deployment or model_deployment(variant, model)
             stream = bool(payload and payload.get("stream") is True)
             trace.set_request(model=model, stream=stream)
             body, hide_usage = _ask_for_usage(operation, payload, body)
@@ -152,29 +160,6 @@ class SurfaceHandlers:
             log.info("request", extra={"fields": fields})
 
     # -- checks ------------------------------------------------------------
-
-    def _check_deployment(self, deployment: str | None) -> None:
-        variant = self.sidecar.config.variant.selected
-        if deployment is None or not isinstance(variant, AzureVariant):
-            return
-        if not variant.allows(deployment):
-            allowed = ", ".join([variant.deployment, *variant.deployments])
-            raise BadRequest(
-                f"The deployment '{deployment}' is not served by this runtime "
-                f"(allowed: {allowed}).",
-                "deployment_not_allowed",
-            )
-
-    def _deployment_named(self, operation: Operation, model: str | None) -> str | None:
-        """Azure, OpenAI-style path: a ``model`` that names a served deployment chooses it.
-
-        That is what the model field means to Azure; any other model goes to
-        the runtime's own deployment, as chat always has.
-        """
-        variant = self.sidecar.config.variant.selected
-        if not (operation.per_deployment and model and isinstance(variant, AzureVariant)):
-            return None
-        return model if variant.allows(model) else None
 
     def _check_model(
         self, operation: Operation, payload: Mapping[str, Any] | None, deployment: str | None

@@ -21,6 +21,9 @@ from openai_runtime_sidecar.runner import ManualClock
 from openai_runtime_sidecar.telemetry import Telemetry
 from tests.support import SecretVolume
 
+# The fake upstream alone, with SDK clients pointed straight at it (its own tests).
+from .fakeclients import azure, direct, fake, session  # noqa: F401
+
 SidecarFactory = Callable[..., Awaitable[Sidecar]]
 
 

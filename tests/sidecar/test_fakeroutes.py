@@ -22,36 +22,7 @@ from openai_runtime_sidecar import fakereplies as fr
 from openai_runtime_sidecar.fakerecords import FilePart
 from openai_runtime_sidecar.fakeupstream import FakeUpstream
 
-KEY = "sk-test-fake-aaaaaaaaaaaaaaaa"
-API_VERSION = "2024-10-21"
-
-
-def fingerprint(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream(keys={KEY}, chunks=4)
-    await upstream.start()
-    try:
-        yield upstream
-    finally:
-        await upstream.stop()
-
-
-@pytest.fixture
-async def direct(fake: FakeUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key=KEY, max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture
-async def azure(fake: FakeUpstream) -> AsyncIterator[openai.AsyncAzureOpenAI]:
-    async with openai.AsyncAzureOpenAI(
-        azure_endpoint=fake.url, api_key=KEY, api_version=API_VERSION, max_retries=0
-    ) as client:
-        yield client
+from .fakeclients import KEY
 
 
 @pytest.fixture
@@ -60,12 +31,6 @@ async def azure_v1(fake: FakeUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(
         base_url=fake.url + "/openai/v1", api_key=KEY, max_retries=0
     ) as client:
-        yield client
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
         yield client
 
 

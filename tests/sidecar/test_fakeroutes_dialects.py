@@ -20,25 +20,9 @@ from aiohttp.payload import AsyncIterablePayload
 
 from openai_runtime_sidecar.fakeupstream import FakeUpstream
 
-KEY = "sk-test-fake-aaaaaaaaaaaaaaaa"
-API_VERSION = "2024-10-21"
+from .fakeclients import API_VERSION, KEY
+
 USER = {"role": "user", "content": "hello"}
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream(keys={KEY}, chunks=4)
-    await upstream.start()
-    try:
-        yield upstream
-    finally:
-        await upstream.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 def azure_client(fake: FakeUpstream, **options: Any) -> openai.AsyncAzureOpenAI:

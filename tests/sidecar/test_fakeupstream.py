@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import hashlib
 import json
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,47 +17,13 @@ import pytest
 
 from openai_runtime_sidecar.fakeupstream import FakeUpstream, RecordedRequest
 
-KEY = "sk-test-fake-aaaaaaaaaaaaaaaa"
-OTHER_KEY = "sk-test-fake-bbbbbbbbbbbbbbbb"
+from .fakeclients import KEY, OTHER_KEY, fingerprint
+
 USER = {"role": "user", "content": "hello there, fake upstream"}
 SYSTEM = {"role": "system", "content": "be brief"}
 EXPECTED = "Echo: hello there, fake upstream"
 # (len("be brief") + len("hello there, fake upstream")) // 4 + 7
 PROMPT_TOKENS = (8 + 26) // 4 + 7
-
-
-def fingerprint(key: str) -> str:
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeUpstream]:
-    upstream = FakeUpstream(keys={KEY, OTHER_KEY}, chunks=4)
-    await upstream.start()
-    try:
-        yield upstream
-    finally:
-        await upstream.stop()
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
-@pytest.fixture
-async def direct(fake: FakeUpstream) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(base_url=fake.url + "/v1", api_key=KEY, max_retries=0) as client:
-        yield client
-
-
-@pytest.fixture
-async def azure(fake: FakeUpstream) -> AsyncIterator[openai.AsyncAzureOpenAI]:
-    async with openai.AsyncAzureOpenAI(
-        azure_endpoint=fake.url, api_key=KEY, api_version="2024-10-21", max_retries=0
-    ) as client:
-        yield client
 
 
 def chat_body(**extra: Any) -> dict[str, Any]:
