@@ -88,6 +88,18 @@ _CAPABLE = {
 """Azure refuses a deployment whose model cannot do the operation; chat is not checked."""
 
 
+def _streaming(up: FakeUpstream, call: Call, body: dict[str, Any]) -> web.Response | None:
+    """Record ``stream`` and ``include_usage``; refuse ``stream_options`` without a stream."""
+    rec = call.rec
+    options = body.get("stream_options")
+    rec.stream = body.get("stream") is True
+    rec.include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    if options is not None and not rec.stream:
+        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+        return st.bad(up, call, message, "stream_options")
+    return None
+
+
 _NO_MODEL = "you must provide a model parameter"
 
 
@@ -127,12 +139,8 @@ async def chat(up: FakeUpstream, call: Call, body: dict[str, Any]) -> web.Stream
         return up._json(call, 400, fs.openai_error(_NO_MODEL, "invalid_request_error"))
     if isinstance(model, str) and model and (missing := up._named(call, model)):
         return missing
-    options = body.get("stream_options")
-    rec.stream = body.get("stream") is True
-    rec.include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    if options is not None and not rec.stream:
-        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
-        return st.bad(up, call, message, "stream_options")
+    if (refused := _streaming(up, call, body)) is not None:
+        return refused
 
     scenario = rec.scenario = up._scenario(request, model if rec.variant == "direct" else None)
     call.delay = number(request, "x-fake-delay", 0.5)
@@ -210,12 +218,8 @@ async def completions(up: FakeUpstream, call: Call, body: dict[str, Any]) -> web
         return model
     if "prompt" not in body:
         return st.missing(up, call, "prompt")
-    options = body.get("stream_options")
-    rec.stream = body.get("stream") is True
-    rec.include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    if options is not None and not rec.stream:
-        message = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
-        return st.bad(up, call, message, "stream_options")
+    if (refused := _streaming(up, call, body)) is not None:
+        return refused
     reply = fr.TextReply.build(body, id=f"cmpl-{call.number}", model=model, chunks=up.chunks)
     if rec.stream:
         frames = reply.frames(rec.include_usage)

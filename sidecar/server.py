@@ -38,6 +38,7 @@ __all__ = [
     "model_deployment",
     "openai_error",
     "passthrough",
+    "settle",
     "url_deployment",
 ]
 
@@ -175,6 +176,30 @@ def error_response(err: RunnerError) -> web.Response:
     return web.json_response(err.openai_body(), status=err.http_status(), headers=headers)
 
 
+def settle(
+    sidecar: Sidecar,
+    request: web.Request,
+    trace: CallTrace,
+    info: CallInfo | None,
+    started: float,
+    status: int,
+    error: RunnerError | None,
+    error_type: str | None,
+) -> None:
+    """A finished request's books: span and metrics, spend, the one log line."""
+    trace.finish(info, status=status, error=error, error_type=error_type)
+    sidecar.account(info)
+    fields = request_fields(
+        info,
+        status=status,
+        duration=time.monotonic() - started,
+        error_type=error.kind if error is not None else error_type,
+        method=request.method,
+        path=request.path,
+    )
+    log.info("request", extra={"fields": fields})
+
+
 def url_deployment(variant: object, name: str | None) -> str | None:
     """The Azure deployment an Azure-style URL names; refused unless the runtime serves it.
 
@@ -241,18 +266,7 @@ class ApiHandlers:
         finally:
             if info is None and opened:
                 info = opened[0]
-            duration = time.monotonic() - started
-            trace.finish(info, status=status, error=error, error_type=error_type)
-            sidecar.account(info)
-            fields = request_fields(
-                info,
-                status=status,
-                duration=duration,
-                error_type=error.kind if error is not None else error_type,
-                method=request.method,
-                path=request.path,
-            )
-            log.info("request", extra={"fields": fields})
+            settle(sidecar, request, trace, info, started, status, error, error_type)
 
     async def _read_body(
         self, request: web.Request, *, model_required: bool = True

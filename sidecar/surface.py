@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .logs import request_fields
 from .runner import RunnerError
 from .runner.operations import Operation, operation_for
 from .runner.proxying import ProxiedCall, ProxyRequest, proxy
@@ -36,6 +34,7 @@ from .server import (
     forward_headers,
     model_deployment,
     passthrough,
+    settle,
     url_deployment,
 )
 
@@ -44,8 +43,6 @@ if TYPE_CHECKING:
     from .runner.results import CallInfo
 
 __all__ = ["SurfaceHandlers"]
-
-log = logging.getLogger("openai_runtime.requests")
 
 _BODY_HEADERS = ("content-type", "idempotency-key")
 """App headers that describe the body (the multipart boundary) or make a retry safe."""
@@ -147,17 +144,7 @@ class SurfaceHandlers:
         finally:
             if call is not None:
                 call.close()
-            trace.finish(info, status=status, error=error, error_type=error_type)
-            sidecar.account(info)
-            fields = request_fields(
-                info,
-                status=status,
-                duration=time.monotonic() - started,
-                error_type=error.kind if error is not None else error_type,
-                method=request.method,
-                path=request.path,
-            )
-            log.info("request", extra={"fields": fields})
+            settle(sidecar, request, trace, info, started, status, error, error_type)
 
     # -- checks ------------------------------------------------------------
 
