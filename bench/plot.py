@@ -61,7 +61,11 @@ def main(path: Path) -> None:
         for col, c in enumerate(concurrency):
             ax = axes[row][col]
             for name, data in results["targets"].items():
-                cells = [x for x in data["cells"] if _mode(x) == mode and x["concurrency"] == c]
+                cells = [
+                    x
+                    for x in data["cells"]
+                    if _mode(x) == mode and x["concurrency"] == c and x["requests"] > 0
+                ]
                 if not cells:
                     continue
                 points = sorted((float(p), ms) for p, ms in cells[0]["percentiles_ms"].items())

@@ -5,7 +5,10 @@ wrk at concurrency 32, samples it with py-spy (installed into the bench's own
 environment on first use) and prints the functions with the most samples,
 inclusive and self. Usage::
 
-    python bench/profile.py [--stream] [--seconds 10] [--top 40]
+    python bench/profile.py [--stream | --mode MODE] [--seconds 10] [--top 40]
+
+``--mode`` is one of ``common.MODES`` (``json``, ``stream``, ``embeddings``,
+``responses``, ``responses-stream``); ``--stream`` is ``--mode stream``.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def summarise(raw: Path, top: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--stream", action="store_true", help="profile streamed calls")
+    parser.add_argument("--stream", action="store_true", help="profile streamed chat calls")
+    parser.add_argument("--mode", choices=list(common.MODES), default="json")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
@@ -68,10 +72,10 @@ def main() -> int:
         upstream = targets.start_upstream(work)
         sidecar = targets.start_sidecar(work, upstream.url)
         try:
-            body = common.STREAM_BODY if args.stream else common.BODY
-            loadgen.wrk(sidecar.url, 32, 2, body)  # warm-up
+            mode = common.MODES["stream" if args.stream else args.mode]
+            loadgen.wrk(sidecar.url, 32, 2, mode)  # warm-up
             load = threading.Thread(
-                target=loadgen.wrk, args=(sidecar.url, 32, args.seconds + 2, body), daemon=True
+                target=loadgen.wrk, args=(sidecar.url, 32, args.seconds + 2, mode), daemon=True
             )
             load.start()
             raw = work / "profile.txt"

@@ -76,12 +76,18 @@ def modes_of(results: dict[str, Any]) -> list[Mode]:
 
 
 def cell(results: dict[str, Any], target: str, mode: str, c: int) -> dict[str, Any] | None:
+    """One measured cell; None (n/a) when not measured or when no call completed in it.
+
+    A cell without a single completed call (a very slow proxy at high
+    concurrency) has wrk's empty histogram, zeros that would read as the fastest
+    latencies of the table; the run's notes say which cells those were.
+    """
     data = results["targets"].get(target)
     if not data or "cells" not in data:
         return None
     for item in data["cells"]:
         if mode_of(item) == mode and item["concurrency"] == c:
-            return dict(item)
+            return dict(item) if item["requests"] > 0 else None
     return None
 
 
@@ -90,7 +96,7 @@ def spread(item: dict[str, Any] | None) -> float | None:
     rounds = item.get("rps_rounds") if item else None
     if not rounds or len(rounds) < 2 or max(rounds) <= 0:
         return None
-    return (max(rounds) - min(rounds)) / max(rounds)
+    return float((max(rounds) - min(rounds)) / max(rounds))
 
 
 def ttft_of(results: dict[str, Any], target: str, c: int) -> dict[str, Any] | None:
@@ -365,14 +371,14 @@ def print_table(results: dict[str, Any]) -> None:
                     f"{item['p50_ms']:7.2f} {item['p90_ms']:7.2f} {item['p99_ms']:7.2f} "
                     f"{fmt(item['cpu_s_per_1k'], 3):>7} {fmt(item['peak_rss_mb'], 1):>6}"
                 )
-    rows = before_after(results)
-    if rows:
+    comparisons = before_after(results)
+    if comparisons:
         say(f"\nsidecar / {TARGETS.get('sidecar-ref', 'sidecar-ref')} (req/s, p50, p99 ratios):")
-        for row in rows:
+        for pair in comparisons:
             say(
-                f"  {row.mode.label:8} c={row.c:<3} req/s {fmt(row.ratio('rps'))}  "
-                f"p50 {fmt(row.ratio('p50_ms'))}  p99 {fmt(row.ratio('p99_ms'))}  "
-                f"round spread {_pct(spread(row.now))} / {_pct(spread(row.before))}"
+                f"  {pair.mode.label:8} c={pair.c:<3} req/s {fmt(pair.ratio('rps'))}  "
+                f"p50 {fmt(pair.ratio('p50_ms'))}  p99 {fmt(pair.ratio('p99_ms'))}  "
+                f"round spread {_pct(spread(pair.now))} / {_pct(spread(pair.before))}"
             )
     say("")
     for row in targets_check(results):

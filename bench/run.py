@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,13 @@ def bench_all(
                         best[key] = item
                     best[key]["peak_rss_mb"] = peak
                     best[key]["rps_rounds"] = rounds
-    for (name, _, _), item in best.items():
+    for (name, mode_key, c), item in best.items():
         out[name]["cells"].append(item)
+        if item["requests"] == 0:
+            notes.append(
+                f"{TARGETS[name]}: {MODES[mode_key].title}, c={c}: no call completed within "
+                f"{args.seconds:g} s in any round; n/a."
+            )
     if MODES["stream"] not in args.modes:
         return out
     say("== time to first token")
@@ -255,7 +261,7 @@ def main() -> int:
         urls: dict[str, str] = {}
         if "direct" in only:
             procs["direct"], urls["direct"] = None, upstream.url
-        starters = {
+        starters: dict[str, Callable[[], Proc]] = {
             "bare": lambda: start_bare(work, upstream.url),
             "sidecar": lambda: start_sidecar(work, upstream.url),
             "litellm": lambda: start_litellm(work, upstream.url),
@@ -273,13 +279,13 @@ def main() -> int:
                     results["notes"].append("LiteLLM: not installed in bench/.venv-litellm; n/a.")
                     continue
                 try:
-                    proc = start()
+                    started = start()
                 except (RuntimeError, OSError) as exc:
                     say(f"{name}: could not start: {exc}")
                     results["notes"].append(f"{TARGETS[name]}: could not start ({exc}); n/a.")
                     continue
-                procs[name], urls[name] = proc, proc.url
-                say(f"{TARGETS[name]}: ready after {proc.ready_after:.2f} s")
+                procs[name], urls[name] = started, started.url
+                say(f"{TARGETS[name]}: ready after {started.ready_after:.2f} s")
             time.sleep(1.0)
             idle = {name: rss_mb(p.pids) for name, p in procs.items() if p is not None}
             try:

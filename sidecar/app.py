@@ -27,7 +27,7 @@ from .admin import build_admin_app
 from .config import SidecarConfig, load_sidecar_config, parse_listen
 from .configfile import ConfigError
 from .logs import configure_logging
-from .runner import CallInfo, Clock, CredentialStore, OpenAiRunner, ReloadOutcome, Transport
+from .runner import CallOutcome, Clock, CredentialStore, OpenAiRunner, ReloadOutcome, Transport
 from .server import build_api_app
 from .telemetry import Telemetry
 from .watching import FileWatcher
@@ -113,7 +113,7 @@ class Sidecar:
             reasons.append("API listener not started")
         return reasons
 
-    def account(self, info: CallInfo | None) -> None:
+    def account(self, info: CallOutcome | None) -> None:
         """Add a finished call's tokens and cost to the per-model totals."""
         if info is None:
             return

@@ -14,7 +14,7 @@ message only: a traceback's frames and locals could hold a request body or
 a key.
 
 The per-request line is built by :func:`request_fields` from
-:class:`~.runner.results.CallInfo` alone (counts, names, ids and the key's
+:class:`~.runner.results.CallOutcome` alone (counts, names, ids and the key's
 fingerprint), so no prompt, completion or API key can end up in it.
 """
 
@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import PurePath
 from typing import Any, TextIO
 
-from .runner.results import CallInfo
+from .runner.results import CallOutcome
 
 __all__ = ["FIELDS", "JsonFormatter", "configure_logging", "request_fields"]
 
@@ -137,7 +137,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 def request_fields(
-    info: CallInfo | None,
+    info: CallOutcome | None,
     *,
     status: int,
     duration: float,

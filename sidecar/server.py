@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .logs import request_fields
-from .runner import CallInfo, CircuitOpen, LocalRateLimited, RunnerError, UpstreamError
+from .runner import (
+    CallOutcome,
+    ChatStream,
+    CircuitOpen,
+    LocalRateLimited,
+    RunnerError,
+    UpstreamError,
+)
 from .runner.config import AzureVariant
 
 if TYPE_CHECKING:
@@ -180,7 +187,7 @@ def settle(
     sidecar: Sidecar,
     request: web.Request,
     trace: CallTrace,
-    info: CallInfo | None,
+    info: CallOutcome | None,
     started: float,
     status: int,
     error: RunnerError | None,
@@ -232,14 +239,14 @@ class ApiHandlers:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         sidecar = self.sidecar
         started = time.monotonic()
-        info: CallInfo | None = None
+        info: CallOutcome | None = None
         error: RunnerError | None = None
         error_type: str | None = None
         status = 500
         trace = sidecar.telemetry.start_call(request.headers, model=None, stream=False)
-        # A stream's CallInfo as soon as it exists: a stream the app abandons
-        # (the handler is cancelled) is still logged and accounted.
-        opened: list[CallInfo] = []
+        # A stream as soon as it is open: one the app abandons (the handler is
+        # cancelled) is closed there, and its outcome still logged and accounted.
+        opened: list[ChatStream] = []
         try:
             variant = sidecar.config.variant.selected
             deployment = url_deployment(variant, request.match_info.get("deployment"))
@@ -265,7 +272,7 @@ class ApiHandlers:
             raise
         finally:
             if info is None and opened:
-                info = opened[0]
+                info = opened[0].outcome
             settle(sidecar, request, trace, info, started, status, error, error_type)
 
     async def _read_body(
@@ -321,7 +328,7 @@ class ApiHandlers:
         extra: dict[str, str],
         trace: CallTrace,
         target: Mapping[str, str | None],
-    ) -> tuple[web.Response, CallInfo | None, RunnerError | None]:
+    ) -> tuple[web.Response, CallOutcome | None, RunnerError | None]:
         runner = self.sidecar.runner
         try:
             result = await runner.chat(
@@ -332,8 +339,8 @@ class ApiHandlers:
                 api_version=target.get("api_version"),
             )
         except RunnerError as err:
-            return error_response(err), err.info, err
-        info = result.info
+            return error_response(err), err.outcome, err
+        info = result.outcome
         headers = passthrough(result.headers)
         headers["Content-Type"] = "application/json"
         headers["x-openai-runtime-attempts"] = str(info.attempts)
@@ -347,9 +354,9 @@ class ApiHandlers:
         body: dict[str, Any],
         extra: dict[str, str],
         trace: CallTrace,
-        opened: list[CallInfo],
+        opened: list[ChatStream],
         target: Mapping[str, str | None],
-    ) -> tuple[web.StreamResponse, CallInfo | None, RunnerError | None]:
+    ) -> tuple[web.StreamResponse, CallOutcome | None, RunnerError | None]:
         runner = self.sidecar.runner
         try:
             handle = await runner.stream(
@@ -360,15 +367,15 @@ class ApiHandlers:
                 api_version=target.get("api_version"),
             )
         except RunnerError as err:
-            return error_response(err), err.info, err
-        opened.append(handle.info)
+            return error_response(err), err.outcome, err
+        opened.append(handle)
         headers = passthrough(handle.headers)
         headers.update(
             {
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",
-                "x-openai-runtime-attempts": str(handle.info.attempts),
+                "x-openai-runtime-attempts": str(handle.attempts),
             }
         )
         response = web.StreamResponse(status=handle.status, headers=headers)
@@ -401,7 +408,7 @@ class ApiHandlers:
             # Also when the app went away (cancelled, reset): stop upstream at
             # once and settle the books.
             await handle.aclose()
-        return response, handle.info, error
+        return response, handle.outcome, error
 
 
 @web.middleware

@@ -40,7 +40,7 @@ from .server import (
 
 if TYPE_CHECKING:
     from .app import Sidecar
-    from .runner.results import CallInfo
+    from .runner.results import CallOutcome
 
 __all__ = ["SurfaceHandlers"]
 
@@ -84,7 +84,7 @@ class SurfaceHandlers:
         started = time.monotonic()
         trace = sidecar.telemetry.start_call(request.headers, model=None, stream=False)
         trace.set_request(model=None, stream=False, operation=operation.gen_ai or operation.name)
-        info: CallInfo | None = None
+        info: CallOutcome | None = None
         error: RunnerError | None = None
         error_type: str | None = None
         status = 500
@@ -125,13 +125,12 @@ class SurfaceHandlers:
                 call = await proxy(sidecar.runner, outgoing, observer=trace)
             except RunnerError as err:
                 if isinstance(body, _Upload) and body.refusal is not None:
-                    info = err.info
+                    info = err.outcome
                     raise body.refusal from None
-                info, error = err.info, err
+                info, error = err.outcome, err
                 refused = error_response(err)
                 status = refused.status
                 return refused
-            info = call.info
             response = await self._answer(request, operation, call)
             status = response.status
             return response
@@ -144,6 +143,7 @@ class SurfaceHandlers:
         finally:
             if call is not None:
                 call.close()
+                info = call.outcome
             settle(sidecar, request, trace, info, started, status, error, error_type)
 
     # -- checks ------------------------------------------------------------
@@ -226,14 +226,14 @@ class SurfaceHandlers:
     ) -> web.StreamResponse:
         headers = passthrough(call.headers)
         headers.update({k: v for k, v in call.headers.items() if k.lower() in _ANSWER_HEADERS})
-        headers["x-openai-runtime-attempts"] = str(call.info.attempts)
+        headers["x-openai-runtime-attempts"] = str(call.attempts)
         if operation.name == "models.list" and "json" in call.content_type:
             body = self._allowed_models(await call.body())
             return web.Response(body=body, status=call.status, headers=headers)
         if call.buffered:
             body = await call.body()
             call.close()  # the cost is known now, and goes in a header
-            cost = call.info.cost
+            cost = call.outcome.cost if call.outcome is not None else None
             if cost is not None and cost.priced:
                 headers["x-openai-runtime-cost-usd"] = f"{cost.usd:.10f}".rstrip("0")
             return web.Response(body=body, status=call.status, headers=headers)

@@ -14,7 +14,7 @@ Metrics follow the OpenTelemetry GenAI semantic conventions
 (``gen_ai.client.token.usage``, ``gen_ai.client.operation.duration``) plus
 the runtime's own (cost, requests, retries, circuit, rate limits, reloads).
 
-Everything recorded comes from :class:`~.runner.results.CallInfo`, which by
+Everything recorded comes from :class:`~.runner.results.CallOutcome`, which by
 construction holds only counts, names, ids and the key's fingerprint: no API
 key, prompt or completion text ever reaches a span or a metric. Error spans
 carry the error's class name, never its message (an upstream message may
@@ -63,7 +63,7 @@ from .otlp import OtlpExporters, otlp_resource
 from .prometheus import PrometheusReader
 from .runner.credentials import ReloadOutcome
 from .runner.errors import RunnerError
-from .runner.results import CallInfo
+from .runner.results import CallOutcome
 
 __all__ = ["SERVICE_NAME", "CallTrace", "Telemetry"]
 
@@ -360,7 +360,7 @@ class CallTrace:
 
     def finish(
         self,
-        info: CallInfo | None,
+        info: CallOutcome | None,
         *,
         status: int,
         error: RunnerError | None = None,
@@ -429,7 +429,7 @@ class CallTrace:
         telemetry.in_flight -= 1
 
 
-def _span_attributes(info: CallInfo) -> dict[str, AttributeValue]:
+def _span_attributes(info: CallOutcome) -> dict[str, AttributeValue]:
     """What a finished call adds to its span: counts, names and ids only."""
     usage, cost = info.usage, info.cost
     candidates: dict[str, AttributeValue | None] = {

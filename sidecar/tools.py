@@ -31,17 +31,18 @@ async def _chat(config: OpenAiConfig, model: str, message: str, stream: bool) ->
             handle = await runner.stream(body)
             async for data in handle:
                 sys.stdout.write(data.decode("utf-8", "replace"))
-            info = handle.info
+            info = handle.outcome
         else:
             result = await runner.chat(body)
             json.dump(result.payload, sys.stdout, indent=2)
             sys.stdout.write("\n")
-            info = result.info
+            info = result.outcome
     except RunnerError as err:
         print(f"error: {err.kind} (HTTP {err.http_status()}): {err.message}", file=sys.stderr)
         return 1
     finally:
         await runner.aclose()
+    assert info is not None  # an ended stream, or a finished call, has its outcome
     usage = info.usage
     cost = info.cost
     tokens = f"{usage.prompt_tokens}+{usage.completion_tokens}" if usage else "?"

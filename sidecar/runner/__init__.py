@@ -40,7 +40,7 @@ from .errors import (
 )
 from .pricing import Cost, ModelPrice, PricingTable
 from .ratelimit import RateLimiter
-from .results import CallInfo, ChatResult, Usage
+from .results import CallOutcome, ChatResult, Usage
 from .retrying import RetryDecision, RetryPolicy
 from .runner import AttemptObserver, ChatStream, OpenAiRunner
 from .sse import SSEDecoder, SSEFrame
@@ -50,7 +50,7 @@ __all__ = [
     "AttemptObserver",
     "AuthenticationFailed",
     "AzureVariant",
-    "CallInfo",
+    "CallOutcome",
     "ChatResult",
     "ChatStream",
     "CircuitBreaker",

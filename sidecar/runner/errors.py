@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from .headers import parse_retry_after
 
 if TYPE_CHECKING:
-    from .results import CallInfo
+    from .results import CallOutcome
 
 __all__ = [
     "AuthenticationFailed",
@@ -73,8 +73,8 @@ class RunnerError(Exception):
         self.message = message
         self.attempts = 1
         """Upstream attempts made before this error was final (set by the runner)."""
-        self.info: CallInfo | None = None
-        """What the runner knew about the call when it failed (set by the runner)."""
+        self.outcome: CallOutcome | None = None
+        """What the call came to (set once by the runner, when the call ended with this error)."""
 
     @property
     def kind(self) -> str:

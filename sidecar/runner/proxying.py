@@ -32,7 +32,7 @@ from .credentials import CredentialSnapshot
 from .errors import RateLimited, RunnerError, TransportError, UpstreamTimeout, classify_response
 from .operations import Operation, upstream_url
 from .ratelimit import RatePermit
-from .results import CallInfo, Usage
+from .results import Answered, CallLedger, CallOutcome, Usage
 from .sse import SSEDecoder, SSEFrame
 from .streaming import COST_FIELD
 from .tokens import max_output_tokens
@@ -133,7 +133,7 @@ async def proxy(
     runner: OpenAiRunner, request: ProxyRequest, *, observer: AttemptObserver | None = None
 ) -> ProxiedCall:
     """Send ``request`` upstream; the answer once its headers arrived (errors are raised)."""
-    info = CallInfo(
+    ledger = CallLedger(
         stream=request.stream,
         variant=runner.config.variant.selected.name,
         server_address=runner.server_address,
@@ -142,13 +142,7 @@ async def proxy(
     )
     url = _target(runner, request)
     prompt, output = _estimate(request)
-    try:
-        permit = await runner.limiter.acquire(prompt + output)
-    except RunnerError as err:
-        info.error, err.info = err, info
-        err.attempts = 0
-        info.duration = runner.clock.monotonic() - info.started_at
-        raise
+    permit = await runner._admit(ledger, prompt + output)
 
     async def send(
         snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
@@ -159,7 +153,7 @@ async def proxy(
         response = await runner.transport.request(
             request.method, url, headers, request.body, stream=request.stream, budget=budget
         )
-        runner._observe(info, response.headers)
+        runner._observe(ledger, response.headers)
         if not 200 <= response.status < 300:
             raw = await response.read()
             now = runner.clock.time()
@@ -167,19 +161,20 @@ async def proxy(
         return response
 
     response = await runner._call(
-        info, permit, send, request.headers, observer, _may_retry(request)
+        ledger, permit, send, request.headers, observer, _may_retry(request)
     )
-    info.status = response.status
-    info.time_to_first_byte = runner.clock.monotonic() - info.started_at
-    return ProxiedCall(runner, request, response, info, permit)
+    runner._opened(ledger, response.status)
+    return ProxiedCall(runner, request, response, ledger, permit)
 
 
 class ProxiedCall:
     """Upstream's answer on its way to the app; the books close when it is done.
 
     Read :meth:`body` (JSON answers with usage) or iterate :meth:`chunks`
-    (everything else); either way call :meth:`aclose` at the end, also when
-    the app went away.
+    (everything else); either way call :meth:`close` at the end, also when
+    the app went away: :attr:`outcome` is built there. What the answer says
+    (model, id, usage) is kept here until then, never written into the
+    runner's ledger as it goes.
     """
 
     def __init__(
@@ -187,14 +182,20 @@ class ProxiedCall:
         runner: OpenAiRunner,
         request: ProxyRequest,
         response: UpstreamResponse,
-        info: CallInfo,
+        ledger: CallLedger,
         permit: RatePermit,
     ) -> None:
         self._runner = runner
         self._request = request
         self._response = response
-        self.info = info
+        self._ledger = ledger
         self._permit = permit
+        self.attempts = ledger.attempts
+        """Upstream attempts it took to get this answer."""
+        self.outcome: CallOutcome | None = None
+        """What the call came to: set by :meth:`close`."""
+        self.response_model: str | None = None
+        self.response_id: str | None = None
         self.status = response.status
         self.headers = dict(response.headers)
         self._usage: Usage | None = None
@@ -251,7 +252,7 @@ class ProxiedCall:
     def _scan(self, frame: SSEFrame) -> bool:
         """Record what ``frame`` says of the call; whether to pass it on."""
         data = frame.data
-        if not data or data == "[DONE]" or ('"usage"' not in data and self.info.response_id):
+        if not data or data == "[DONE]" or ('"usage"' not in data and self.response_id):
             return True
         try:
             event: Any = json.loads(data)
@@ -276,7 +277,9 @@ class ProxiedCall:
         usage = event.get("usage")
         if self._usage is None or not isinstance(usage, dict):
             return
-        cost = self._runner.price(self.info, self._usage)
+        cost = self._runner.price(
+            self._usage, model=self.response_model, fallback_model=self._request.model
+        )
         if not cost.priced:
             return
         usage[COST_FIELD] = round(cost.usd, 10)
@@ -285,12 +288,11 @@ class ProxiedCall:
         self._rewritten = head + b"data: " + data + b"\n\n"
 
     def _record(self, payload: Mapping[str, Any]) -> None:
-        info = self.info
         model, rid = payload.get("model"), payload.get("id")
         if isinstance(model, str) and model:
-            info.response_model = model
-        if isinstance(rid, str) and rid and info.response_id is None:
-            info.response_id = rid
+            self.response_model = model
+        if isinstance(rid, str) and rid and self.response_id is None:
+            self.response_id = rid
         usage = Usage.from_payload(payload.get("usage"))
         if usage is not None:
             self._usage = usage
@@ -304,7 +306,10 @@ class ProxiedCall:
             self._response.release()
         else:
             self._response.close()
-        self._runner._finish(self.info, self._permit, self._usage)
+        answered = Answered(self.response_model, self.response_id)
+        self.outcome = self._runner._conclude(
+            self._ledger, self._permit, self._usage, answered=answered
+        )
 
     async def aclose(self) -> None:
         self.close()

@@ -1,9 +1,10 @@
 """What a call produced besides the completion itself.
 
-:class:`CallInfo` is filled in as a call proceeds (attempts, first byte,
-usage, cost) and is what the sidecar turns into response headers, metrics,
-spans and the one log line per request. It holds no prompt or completion
-text: only counts, names and ids.
+:class:`CallOutcome` is what a call came to (attempts, first byte, usage,
+cost, the error if any), built once when the call ended, from the runner's
+:class:`CallLedger` and what the code reading the answer saw; the sidecar
+turns it into response headers, metrics, spans and the one log line per
+request. Neither holds prompt or completion text: only counts, names and ids.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .errors import RunnerError
 from .headers import RateLimitHeaders
 from .pricing import Cost
 
-__all__ = ["CallInfo", "ChatResult", "Usage"]
+__all__ = ["Answered", "CallLedger", "CallOutcome", "ChatResult", "Usage"]
 
 
 def _count(value: Any) -> int:
@@ -69,9 +70,9 @@ class Usage:
         )
 
 
-@dataclass(slots=True)
-class CallInfo:
-    """Everything known about one call, for headers, metrics, spans and logs."""
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """What one call came to, for headers, metrics, spans and logs; built once, when it ended."""
 
     stream: bool
     variant: str
@@ -86,7 +87,7 @@ class CallInfo:
     usage: Usage | None = None
     usage_estimated: bool = False
     """True when usage was estimated because the stream ended before upstream sent it."""
-    finish_reasons: list[str] = field(default_factory=list)
+    finish_reasons: tuple[str, ...] = ()
     processing_ms: float | None = None
     rate_limits: RateLimitHeaders = field(default_factory=RateLimitHeaders)
     attempts: int = 0
@@ -103,10 +104,70 @@ class CallInfo:
         """A 200 whose output was cut by the provider's content filter."""
         return "content_filter" in self.finish_reasons
 
-    @property
-    def outcome(self) -> str:
-        """``ok`` or the error class name, for metrics."""
-        return "ok" if self.error is None else self.error.kind
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """What the code reading an answer saw of it, handed to the runner at the end."""
+
+    model: str | None = None
+    id: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class CallLedger:
+    """A call in progress, as the runner keeps it; only the runner writes it.
+
+    What the answer says (model, id, finish reasons, usage) is read by the
+    code that reads the answer and handed over when the call ends;
+    :meth:`conclude` then builds the :class:`CallOutcome`, once.
+    """
+
+    stream: bool
+    variant: str
+    server_address: str
+    request_model: str | None
+    started_at: float
+    usage_requested: bool = False
+    response_model: str | None = None
+    response_id: str | None = None
+    request_id: str | None = None
+    status: int | None = None
+    usage: Usage | None = None
+    usage_estimated: bool = False
+    finish_reasons: tuple[str, ...] = ()
+    processing_ms: float | None = None
+    rate_limits: RateLimitHeaders = field(default_factory=RateLimitHeaders)
+    attempts: int = 0
+    credential_fingerprint: str | None = None
+    time_to_first_byte: float | None = None
+    cost: Cost | None = None
+
+    def conclude(self, *, now: float, error: RunnerError | None = None) -> CallOutcome:
+        """The call's outcome as of ``now`` (the runner's monotonic clock)."""
+        return CallOutcome(
+            stream=self.stream,
+            variant=self.variant,
+            server_address=self.server_address,
+            request_model=self.request_model,
+            usage_requested=self.usage_requested,
+            response_model=self.response_model,
+            response_id=self.response_id,
+            request_id=self.request_id,
+            status=self.status,
+            usage=self.usage,
+            usage_estimated=self.usage_estimated,
+            finish_reasons=self.finish_reasons,
+            processing_ms=self.processing_ms,
+            rate_limits=self.rate_limits,
+            attempts=self.attempts,
+            credential_fingerprint=self.credential_fingerprint,
+            started_at=self.started_at,
+            time_to_first_byte=self.time_to_first_byte,
+            duration=now - self.started_at,
+            cost=self.cost,
+            error=error,
+        )
 
 
 @dataclass(slots=True)
@@ -117,4 +178,4 @@ class ChatResult:
     headers: dict[str, str]
     body: bytes
     payload: dict[str, Any]
-    info: CallInfo
+    outcome: CallOutcome

@@ -5,7 +5,7 @@ Flow of one call (``chat`` or ``stream``)::
     body -> estimate tokens -> RateLimiter.acquire -> attempt loop:
         CircuitBreaker.acquire -> credential snapshot -> Transport.send
         -> classify (errors.py) -> RetryPolicy.decide -> clock.sleep -> ...
-    -> usage -> cost (pricing.py) -> CallInfo
+    -> usage -> cost (pricing.py) -> CallOutcome
 
 A call takes the credential snapshot once and keeps it for all its attempts,
 so a rotation never changes the key under a request; the one exception is a
@@ -13,6 +13,13 @@ so a rotation never changes the key under a request; the one exception is a
 tried once more with the new one. Streams are retried only until their first
 event has been decoded: after that the caller may already have bytes, and a
 second answer would be spliced onto the first.
+
+Every other API call takes the same road through :func:`.proxying.proxy`.
+What a call came to is kept in a :class:`~.results.CallLedger` that only
+this module writes; the code reading an answer (:mod:`.streaming`,
+:mod:`.proxying`) keeps what it saw and hands it over at the end, and
+:meth:`OpenAiRunner._conclude` builds the :class:`~.results.CallOutcome`
+once (a failed call's error carries it as ``error.outcome``).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from .errors import (
 from .headers import parse_rate_limit_headers
 from .pricing import Cost, PricingTable
 from .ratelimit import RateLimiter, RatePermit
-from .results import CallInfo, ChatResult, Usage
+from .results import Answered, CallLedger, CallOutcome, ChatResult, Usage
 from .retrying import RetryPolicy
 from .streaming import StreamAttempt, open_stream
 from .tokens import estimate_prompt_tokens, max_output_tokens
@@ -148,8 +155,8 @@ class OpenAiRunner:
 
     # -- calls -------------------------------------------------------------
 
-    def _new_info(self, body: Mapping[str, Any], stream: bool) -> CallInfo:
-        return CallInfo(
+    def _new_ledger(self, body: Mapping[str, Any], stream: bool) -> CallLedger:
+        return CallLedger(
             stream=stream,
             variant=self._variant.name,
             server_address=self._server_address,
@@ -157,7 +164,7 @@ class OpenAiRunner:
             started_at=self.clock.monotonic(),
         )
 
-    def _encode(self, body: Mapping[str, Any], stream: bool, info: CallInfo) -> bytes:
+    def _encode(self, body: Mapping[str, Any], stream: bool, ledger: CallLedger) -> bytes:
         payload = dict(body)
         if not stream and (payload.get("stream") or "stream_options" in payload):
             # chat() is the non-streaming call, whatever the body says.
@@ -166,7 +173,7 @@ class OpenAiRunner:
         if stream:
             options = payload.get("stream_options")
             options = dict(options) if isinstance(options, dict) else {}
-            info.usage_requested = options.get("include_usage") is True
+            ledger.usage_requested = options.get("include_usage") is True
             options["include_usage"] = True
             payload["stream"] = True
             payload["stream_options"] = options
@@ -185,21 +192,21 @@ class OpenAiRunner:
         headers["User-Agent"] = USER_AGENT
         return headers
 
-    def _observe(self, info: CallInfo, headers: Mapping[str, str]) -> None:
-        info.request_id = headers.get("x-request-id") or headers.get("apim-request-id")
+    def _observe(self, ledger: CallLedger, headers: Mapping[str, str]) -> None:
+        ledger.request_id = headers.get("x-request-id") or headers.get("apim-request-id")
         raw_ms = headers.get("openai-processing-ms")
         try:
-            info.processing_ms = float(raw_ms) if raw_ms is not None else None
+            ledger.processing_ms = float(raw_ms) if raw_ms is not None else None
         except ValueError:
-            info.processing_ms = None
+            ledger.processing_ms = None
         limits = parse_rate_limit_headers(headers)
         if not limits.empty:
-            info.rate_limits = limits
+            ledger.rate_limits = limits
             self.limiter.observe_headers(limits)
 
     async def _attempts(
         self,
-        info: CallInfo,
+        ledger: CallLedger,
         send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
         extra_headers: Mapping[str, str] | None,
         observer: AttemptObserver | None,
@@ -210,22 +217,22 @@ class OpenAiRunner:
         ``retryable`` narrows the policy for calls that must not be repeated
         once upstream may have seen them (see :mod:`.proxying`).
         """
-        deadline = info.started_at + self._config.timeouts.total
+        deadline = ledger.started_at + self._config.timeouts.total
         snapshot = self.credentials.require()
         reread = False
         attempt = 0
         last_error: RunnerError | None = None
         while True:
             attempt += 1
-            info.attempts = attempt
-            info.credential_fingerprint = snapshot.fingerprint
+            ledger.attempts = attempt
+            ledger.credential_fingerprint = snapshot.fingerprint
             try:
                 permit = self.breaker.acquire()
             except RunnerError as err:
                 # Our own failures opened the breaker mid-retry: what the
                 # caller needs to see is upstream's last answer.
                 if last_error is not None:
-                    info.attempts = last_error.attempts = attempt - 1
+                    ledger.attempts = last_error.attempts = attempt - 1
                     raise last_error from None
                 err.attempts = 0
                 raise
@@ -269,44 +276,87 @@ class OpenAiRunner:
                     observer.attempt_finished(attempt, 200, None)
                 return result
 
-    def price(self, info: CallInfo, usage: Usage) -> Cost:
-        """What ``usage`` of the call ``info`` describes costs (by the answer's model)."""
+    def price(
+        self,
+        usage: Usage,
+        *,
+        model: str | None,
+        fallback_model: str | None,
+        estimated: bool = False,
+    ) -> Cost:
+        """What ``usage`` costs, priced by the answer's ``model`` (else the request's)."""
         return self.pricing.cost(
-            model=info.response_model,
-            fallback_model=info.request_model,
+            model=model,
+            fallback_model=fallback_model,
             prompt_tokens=usage.prompt_tokens,
             cached_tokens=usage.cached_tokens,
             completion_tokens=usage.completion_tokens,
-            estimated=info.usage_estimated,
+            estimated=estimated,
         )
 
-    def _finish(self, info: CallInfo, permit: RatePermit, usage: Usage | None) -> None:
-        info.duration = self.clock.monotonic() - info.started_at
+    def _conclude(
+        self,
+        ledger: CallLedger,
+        permit: RatePermit,
+        usage: Usage | None,
+        error: RunnerError | None = None,
+        answered: Answered | None = None,
+    ) -> CallOutcome:
+        """End a call: settle the limiter, price the usage, build the outcome once.
+
+        ``answered`` is what the code reading a streamed or passed-through
+        answer saw of it. A failed call's error carries the outcome
+        (``error.outcome``).
+        """
+        if answered is not None:
+            ledger.response_model = answered.model
+            ledger.response_id = answered.id
+            ledger.finish_reasons = answered.finish_reasons
         if usage is not None:
-            info.usage = usage
-            info.cost = self.price(info, usage)
+            ledger.usage = usage
+            ledger.cost = self.price(
+                usage,
+                model=ledger.response_model,
+                fallback_model=ledger.request_model,
+                estimated=ledger.usage_estimated,
+            )
             permit.settle(usage.total_tokens)
         else:
             permit.release()
+        outcome = ledger.conclude(now=self.clock.monotonic(), error=error)
+        if error is not None:
+            error.outcome = outcome
+        return outcome
 
     async def _begin(
         self, body: Mapping[str, Any], stream: bool
-    ) -> tuple[CallInfo, bytes, int, RatePermit]:
-        """Encode the request and wait for the limiter: (info, payload, prompt estimate, permit)."""
-        info = self._new_info(body, stream=stream)
-        data = self._encode(body, stream, info)
+    ) -> tuple[CallLedger, bytes, int, RatePermit]:
+        """Encode the request and wait for the limiter.
+
+        Returns the ledger, the payload, the prompt estimate and the limiter's permit.
+        """
+        ledger = self._new_ledger(body, stream=stream)
+        data = self._encode(body, stream, ledger)
         prompt, output = self.estimate_tokens(body)
+        return ledger, data, prompt, await self._admit(ledger, prompt + output)
+
+    async def _admit(self, ledger: CallLedger, tokens: int) -> RatePermit:
+        """Wait for the limiter; a refusal ends the call (its error carries the outcome)."""
         try:
-            return info, data, prompt, await self.limiter.acquire(prompt + output)
+            return await self.limiter.acquire(tokens)
         except RunnerError as err:
-            info.error, err.info = err, info
             err.attempts = 0
-            info.duration = self.clock.monotonic() - info.started_at
+            err.outcome = ledger.conclude(now=self.clock.monotonic(), error=err)
             raise
+
+    def _opened(self, ledger: CallLedger, status: int) -> None:
+        """Upstream answered with ``status``: from here on its body streams to the caller."""
+        ledger.status = status
+        ledger.time_to_first_byte = self.clock.monotonic() - ledger.started_at
 
     async def _call(
         self,
-        info: CallInfo,
+        ledger: CallLedger,
         rate_permit: RatePermit,
         send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
         extra_headers: Mapping[str, str] | None,
@@ -315,10 +365,9 @@ class OpenAiRunner:
     ) -> T:
         """The attempts of one admitted call; a failure settles the books before it is raised."""
         try:
-            return await self._attempts(info, send, extra_headers, observer, retryable)
+            return await self._attempts(ledger, send, extra_headers, observer, retryable)
         except RunnerError as err:
-            info.error, err.info = err, info
-            self._finish(info, rate_permit, None)
+            self._conclude(ledger, rate_permit, None, err)
             raise
         except BaseException:
             rate_permit.release()
@@ -338,7 +387,7 @@ class OpenAiRunner:
         Azure: ``deployment`` and ``api_version`` (from an Azure-style URL the
         app called) replace the configured ones for this call.
         """
-        info, data, _, rate_permit = await self._begin(body, stream=False)
+        ledger, data, _, rate_permit = await self._begin(body, stream=False)
         url = self._chat_url(deployment, api_version)
 
         async def send(
@@ -347,7 +396,7 @@ class OpenAiRunner:
             response = await self.transport.send(
                 url, self._headers(snapshot, extra, False), data, stream=False, budget=budget
             )
-            self._observe(info, response.headers)
+            self._observe(ledger, response.headers)
             raw = await response.read()
             upstream_headers = dict(response.headers)
             if not 200 <= response.status < 300:
@@ -363,21 +412,21 @@ class OpenAiRunner:
             return response.status, upstream_headers, raw, payload
 
         status, upstream_headers, raw, payload = await self._call(
-            info, rate_permit, send, headers, observer
+            ledger, rate_permit, send, headers, observer
         )
-        info.status = status
-        info.response_model = _text(payload.get("model"))
-        info.response_id = _text(payload.get("id"))
+        ledger.status = status
+        ledger.response_model = _text(payload.get("model"))
+        ledger.response_id = _text(payload.get("id"))
         choices = payload.get("choices")
         if isinstance(choices, list):
-            info.finish_reasons = [
+            ledger.finish_reasons = tuple(
                 reason
                 for choice in choices
                 if isinstance(choice, dict) and (reason := _text(choice.get("finish_reason")))
-            ]
+            )
         usage = Usage.from_payload(payload.get("usage"))
-        self._finish(info, rate_permit, usage)
-        return ChatResult(status, upstream_headers, raw, payload, info)
+        outcome = self._conclude(ledger, rate_permit, usage)
+        return ChatResult(status, upstream_headers, raw, payload, outcome)
 
     async def stream(
         self,
@@ -393,7 +442,7 @@ class OpenAiRunner:
         Errors before that point are raised here (after retries); later ones are
         raised while iterating the returned :class:`ChatStream`.
         """
-        info, data, prompt, rate_permit = await self._begin(body, stream=True)
+        ledger, data, prompt, rate_permit = await self._begin(body, stream=True)
         url = self._chat_url(deployment, api_version)
 
         async def send(
@@ -402,42 +451,50 @@ class OpenAiRunner:
             response = await self.transport.send(
                 url, self._headers(snapshot, extra, True), data, stream=True, budget=budget
             )
-            self._observe(info, response.headers)
+            self._observe(ledger, response.headers)
             return await open_stream(
-                response, info, now=self.clock.time(), price=lambda usage: self.price(info, usage)
+                response,
+                usage_requested=ledger.usage_requested,
+                now=self.clock.time(),
+                price=self.price,
+                request_model=ledger.request_model,
             )
 
-        attempt = await self._call(info, rate_permit, send, headers, observer)
-        info.status = attempt.status
-        info.time_to_first_byte = self.clock.monotonic() - info.started_at
-        return ChatStream(self, attempt, info, rate_permit, prompt)
+        attempt = await self._call(ledger, rate_permit, send, headers, observer)
+        self._opened(ledger, attempt.status)
+        return ChatStream(self, attempt, ledger, rate_permit, prompt)
 
 
 class ChatStream:
     """Upstream's SSE bytes, frame by frame, as they should be forwarded.
 
-    Iterate it for the bytes to send to the client; read :attr:`info` when the
-    iteration ended. Always iterate to the end or call :meth:`aclose` (the
-    upstream connection is closed and the rate-limit slot freed there).
+    Iterate it for the bytes to send to the client; read :attr:`outcome` when
+    the iteration ended. Always iterate to the end or call :meth:`aclose`
+    (the upstream connection is closed, the rate-limit slot freed and the
+    outcome built there).
     """
 
     def __init__(
         self,
         runner: OpenAiRunner,
         attempt: StreamAttempt,
-        info: CallInfo,
+        ledger: CallLedger,
         rate_permit: RatePermit,
         prompt_estimate: int,
     ) -> None:
         self._runner = runner
         self._attempt = attempt
-        self.info = info
+        self._ledger = ledger
         self.status = attempt.status
         self.headers = attempt.headers
+        self.attempts = ledger.attempts
+        """Upstream attempts it took to open the stream."""
+        self.outcome: CallOutcome | None = None
+        """What the call came to: set when the stream ended or was closed."""
         self._rate_permit = rate_permit
         self._prompt_estimate = prompt_estimate
+        self._error: RunnerError | None = None
         self._iterator = self._run()
-        self._finished = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterator
@@ -448,22 +505,24 @@ class ChatStream:
             async for data in attempt.forward():
                 yield data
         except RunnerError as err:
-            self.info.error, err.info = err, self.info
+            self._error = err
             raise
         finally:
             self._close()
 
     def _close(self) -> None:
-        if self._finished:
+        if self.outcome is not None:
             return
-        self._finished = True
-        attempt = self._attempt
+        attempt, ledger = self._attempt, self._ledger
         attempt.close()
         usage = attempt.usage
         if usage is None:
             usage = attempt.estimate_usage(self._prompt_estimate)
-            self.info.usage_estimated = True
-        self._runner._finish(self.info, self._rate_permit, usage)
+            ledger.usage_estimated = True
+        answered = Answered(attempt.response_model, attempt.response_id, attempt.finish_reasons)
+        self.outcome = self._runner._conclude(
+            ledger, self._rate_permit, usage, self._error, answered
+        )
 
     async def aclose(self) -> None:
         """Stop early (the client went away): close upstream, settle the books."""

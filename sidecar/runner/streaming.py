@@ -13,16 +13,23 @@ caller's behalf. Azure's quirks are tolerated: a first chunk with empty
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from .errors import RunnerError, TransportError, classify_error_payload, classify_response
 from .pricing import Cost
-from .results import CallInfo, Usage
+from .results import Usage
 from .sse import SSEDecoder, SSEFrame
 from .transport import UpstreamResponse
 
-__all__ = ["COST_FIELD", "StreamAttempt", "open_stream"]
+__all__ = ["COST_FIELD", "Pricer", "StreamAttempt", "open_stream"]
+
+
+class Pricer(Protocol):
+    """Prices usage by the answer's model, else the request's (the runner's ``price``)."""
+
+    def __call__(self, usage: Usage, *, model: str | None, fallback_model: str | None) -> Cost: ...
+
 
 COST_FIELD = "openai_runtime_cost_usd"
 """Added to a stream's ``usage`` object: what the call cost, in USD (priced models only)."""
@@ -39,16 +46,22 @@ class StreamAttempt:
     def __init__(
         self,
         response: UpstreamResponse,
-        info: CallInfo,
         now: float,
-        price: Callable[[Usage], Cost] | None = None,
+        *,
+        usage_requested: bool = False,
+        price: Pricer | None = None,
+        request_model: str | None = None,
     ) -> None:
         self._response = response
         self._price = price
+        self._request_model = request_model
+        self._usage_requested = usage_requested
         self._rewritten: bytes | None = None
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.finish_reasons: tuple[str, ...] = ()
         self._chunks = response.chunks().__aiter__()
         self._decoder = SSEDecoder()
-        self._info = info
         self._now = now
         self._buffered: list[bytes] = []
         self._finish_by_choice: dict[int, str] = {}
@@ -94,16 +107,15 @@ class StreamAttempt:
                 200, chunk, headers=self.headers, body=data.encode("utf-8"), now=self._now
             )
             return True
-        info = self._info
-        if info.response_id is None and (rid := chunk.get("id")) and isinstance(rid, str):
-            info.response_id = rid
-        if info.response_model is None and (model := chunk.get("model")) and isinstance(model, str):
-            info.response_model = model
+        if self.response_id is None and (rid := chunk.get("id")) and isinstance(rid, str):
+            self.response_id = rid
+        if self.response_model is None and (model := chunk.get("model")) and isinstance(model, str):
+            self.response_model = model
         choices = chunk.get("choices")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             self.usage = Usage.from_payload(usage)
-            if choices == [] and not info.usage_requested:
+            if choices == [] and not self._usage_requested:
                 return False
             self._with_cost(chunk, usage)
         if isinstance(choices, list):
@@ -117,7 +129,7 @@ class StreamAttempt:
                 delta = choice.get("delta")
                 if isinstance(delta, dict):
                     self.output_chars += _delta_chars(delta)
-            info.finish_reasons = list(self._finish_by_choice.values())
+            self.finish_reasons = tuple(self._finish_by_choice.values())
         return True
 
     def _only_content(self, data: str) -> bool:
@@ -128,10 +140,9 @@ class StreamAttempt:
         a key is a quoted name, which string contents (quotes escaped) cannot
         fake, so anything in doubt is parsed.
         """
-        info = self._info
         return (
-            info.response_id is not None
-            and info.response_model is not None
+            self.response_id is not None
+            and self.response_model is not None
             and '"usage"' not in data
             and '"error"' not in data
             and data.count('"finish_reason"') == data.count('"finish_reason":null')
@@ -162,7 +173,9 @@ class StreamAttempt:
         """
         if self._price is None or self.usage is None:
             return
-        cost = self._price(self.usage)
+        cost = self._price(
+            self.usage, model=self.response_model, fallback_model=self._request_model
+        )
         if cost.priced:
             usage[COST_FIELD] = round(cost.usd, 10)
             encoded = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
@@ -256,10 +269,11 @@ def _delta_chars(delta: dict[str, Any]) -> int:
 
 async def open_stream(
     response: UpstreamResponse,
-    info: CallInfo,
     *,
     now: float,
-    price: Callable[[Usage], Cost] | None = None,
+    usage_requested: bool = False,
+    price: Pricer | None = None,
+    request_model: str | None = None,
 ) -> StreamAttempt:
     """Check the answer to a stream request and read up to its first event."""
     headers = dict(response.headers)
@@ -272,6 +286,12 @@ async def open_stream(
         if error.payload.get("error", {}).get("type") != "upstream_error":
             raise error  # an OpenAI-shaped error object delivered with a 2xx status
         raise TransportError(f"upstream answered a stream request with {content_type or 'no type'}")
-    attempt = StreamAttempt(response, info, now, price)
+    attempt = StreamAttempt(
+        response,
+        now,
+        usage_requested=usage_requested,
+        price=price,
+        request_model=request_model,
+    )
     await attempt.prime()
     return attempt

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.fakeupstream import FakeUpstream
-from openai_runtime_sidecar.runner import CallInfo, ManualClock, fingerprint
+from openai_runtime_sidecar.runner import CallOutcome, ManualClock, fingerprint
 from openai_runtime_sidecar.telemetry import Telemetry
 from tests.support import NEW_KEY, OLD_KEY, SecretVolume
 
@@ -191,7 +191,7 @@ class Rig:
     volume: SecretVolume
     clock: ManualClock
     http: aiohttp.ClientSession
-    calls: list[CallInfo] = field(default_factory=list)
+    calls: list[CallOutcome] = field(default_factory=list)
     """What the sidecar accounted for each finished call (its error included)."""
 
     @property
@@ -293,7 +293,7 @@ async def running(
             rig = Rig(upstream, sidecar, volume, clock, http)
             account = sidecar.account
 
-            def accounted(info: CallInfo | None) -> None:
+            def accounted(info: CallOutcome | None) -> None:
                 if info is not None:
                     rig.calls.append(info)
                 account(info)

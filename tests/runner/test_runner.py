@@ -86,7 +86,7 @@ async def test_direct_chat_reports_usage_cost_and_headers(
 ) -> None:
     runner = make_runner()
     result = await runner.chat(body(metadata={"team": "search"}, seed=7))
-    info = result.info
+    info = result.outcome
     assert result.status == 200
     assert result.payload["choices"][0]["message"]["content"].startswith("Echo: ")
     assert info.response_model == "gpt-4o-mini-2024-07-18"
@@ -101,7 +101,7 @@ async def test_direct_chat_reports_usage_cost_and_headers(
     expected = (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6
     assert info.cost is not None and info.cost.usd == pytest.approx(expected)
     assert info.cost.model == "gpt-4o-mini" and not info.cost.estimated
-    assert info.finish_reasons == ["stop"]
+    assert info.finish_reasons == ("stop",)
     recorded = upstream.requests[-1]
     assert recorded.variant == "direct"
     assert recorded.key_fingerprint == fingerprint(OLD_KEY)
@@ -112,10 +112,10 @@ async def test_direct_chat_reports_usage_cost_and_headers(
 async def test_cached_tokens_are_priced_at_the_cached_rate(make_runner: RunnerFactory) -> None:
     runner = make_runner()
     result = await runner.chat(body(), headers={"x-fake-cached-tokens": "4"})
-    usage = result.info.usage
+    usage = result.outcome.usage
     assert usage is not None and usage.cached_tokens == 4
     expected = ((usage.prompt_tokens - 4) * 0.15 + 4 * 0.075 + usage.completion_tokens * 0.60) / 1e6
-    assert result.info.cost is not None and result.info.cost.usd == pytest.approx(expected)
+    assert result.outcome.cost is not None and result.outcome.cost.usd == pytest.approx(expected)
 
 
 async def test_azure_chat_uses_deployment_url_and_prices_the_real_model(
@@ -126,15 +126,15 @@ async def test_azure_chat_uses_deployment_url_and_prices_the_real_model(
     recorded = upstream.requests[-1]
     assert recorded.variant == "azure" and recorded.deployment == "gpt-4o-prod"
     assert recorded.key_fingerprint == fingerprint(OLD_KEY)
-    assert result.info.response_model == "gpt-4o-2024-08-06"
-    assert result.info.cost is not None and result.info.cost.model in {
+    assert result.outcome.response_model == "gpt-4o-2024-08-06"
+    assert result.outcome.cost is not None and result.outcome.cost.model in {
         "gpt-4o",
         "gpt-4o-2024-08-06",
     }
-    usage = result.info.usage
+    usage = result.outcome.usage
     assert usage is not None
     expected = (usage.prompt_tokens * 2.5 + usage.completion_tokens * 10.0) / 1e6
-    assert result.info.cost.usd == pytest.approx(expected)
+    assert result.outcome.cost.usd == pytest.approx(expected)
 
 
 async def test_stream_hides_usage_chunk_the_caller_did_not_ask_for(
@@ -148,9 +148,9 @@ async def test_stream_hides_usage_chunk_the_caller_did_not_ask_for(
     chunks = [e for e in events if isinstance(e, dict)]
     assert all(c["choices"] for c in chunks), "the usage-only chunk must be hidden"
     assert upstream.requests[-1].include_usage, "upstream is always asked for usage"
-    info = stream.info
+    info = stream.outcome
     assert info.usage is not None and info.usage.total_tokens > 0 and not info.usage_estimated
-    assert info.finish_reasons == ["stop"]
+    assert info.finish_reasons == ("stop",)
     assert info.time_to_first_byte is not None and info.error is None
     assert info.cost is not None and info.cost.usd > 0
     assert data.endswith(b"data: [DONE]\n\n")
@@ -162,8 +162,8 @@ async def test_stream_keeps_usage_chunk_when_asked(make_runner: RunnerFactory) -
     events = frames(await collect(stream))
     usage_chunks = [e for e in events if isinstance(e, dict) and e["choices"] == []]
     assert len(usage_chunks) == 1
-    assert stream.info.usage is not None
-    assert usage_chunks[0]["usage"]["total_tokens"] == stream.info.usage.total_tokens
+    assert stream.outcome.usage is not None
+    assert usage_chunks[0]["usage"]["total_tokens"] == stream.outcome.usage.total_tokens
 
 
 async def test_azure_stream_tolerates_empty_first_chunk_and_filter_only_chunks(
@@ -178,7 +178,7 @@ async def test_azure_stream_tolerates_empty_first_chunk_and_filter_only_chunks(
         e for e in events if isinstance(e, dict) and e["choices"] and "delta" not in e["choices"][0]
     ]
     assert filter_only, "Azure's filter-only chunk is passed through"
-    info = stream.info
+    info = stream.outcome
     assert info.response_model == "gpt-4o-2024-08-06"
     assert info.response_id and info.usage is not None and info.error is None
 
@@ -186,7 +186,7 @@ async def test_azure_stream_tolerates_empty_first_chunk_and_filter_only_chunks(
 async def test_content_filter_finish_is_reported_not_raised(make_runner: RunnerFactory) -> None:
     runner = make_runner()
     result = await runner.chat(body(), headers={"x-fake-scenario": "content-filter-finish"})
-    assert result.info.content_filtered and result.info.error is None
+    assert result.outcome.content_filtered and result.outcome.error is None
 
 
 # -- classified errors -----------------------------------------------------
@@ -232,7 +232,7 @@ async def test_rate_limit_waits_retry_after_then_succeeds(
         "x-fake-sequence": "rl-1",
     }
     result = await runner.chat(body(), headers=headers)
-    assert result.info.attempts == 2 and clock.sleeps == [3.0]
+    assert result.outcome.attempts == 2 and clock.sleeps == [3.0]
     assert len(upstream.requests) == 2
 
 
@@ -268,7 +268,7 @@ async def test_server_errors_back_off_exponentially(
     runner = make_runner(clock=clock, retry={"maxAttempts": 4, "jitter": 0})
     headers = {"x-fake-scenario": "server-error", "x-fake-fail-times": "3", "x-fake-sequence": "s"}
     result = await runner.chat(body(), headers=headers)
-    assert result.info.attempts == 4
+    assert result.outcome.attempts == 4
     assert clock.sleeps == [0.5, 1.0, 2.0]
 
 
@@ -305,7 +305,7 @@ async def test_connection_reset_before_headers_is_retried(make_runner: RunnerFac
         "x-fake-sequence": "reset",
     }
     result = await runner.chat(body(), headers=headers)
-    assert result.info.attempts == 2
+    assert result.outcome.attempts == 2
 
 
 # -- credentials -----------------------------------------------------------
@@ -328,7 +328,7 @@ async def test_401_rereads_the_key_and_retries_once_with_the_new_one(
     upstream.set_keys({NEW_KEY})
     secret_dir.write(NEW_KEY)  # rotated on disk, not yet noticed by the runner
     result = await runner.chat(body())
-    assert result.info.attempts == 2
+    assert result.outcome.attempts == 2
     assert [r.key_fingerprint for r in upstream.requests] == [
         fingerprint(OLD_KEY),
         fingerprint(NEW_KEY),
@@ -349,9 +349,9 @@ async def test_in_flight_stream_keeps_its_key_while_new_calls_take_the_rotated_o
     fresh = await runner.chat(body())
     upstream.release("rotation")
     data = await reader
-    assert frames(data)[-1] == "[DONE]" and held.info.error is None
-    assert held.info.credential_fingerprint == fingerprint(OLD_KEY)
-    assert fresh.info.credential_fingerprint == fingerprint(NEW_KEY)
+    assert frames(data)[-1] == "[DONE]" and held.outcome.error is None
+    assert held.outcome.credential_fingerprint == fingerprint(OLD_KEY)
+    assert fresh.outcome.credential_fingerprint == fingerprint(NEW_KEY)
     fingerprints = [r.key_fingerprint for r in upstream.requests]
     assert fingerprints == [fingerprint(OLD_KEY), fingerprint(NEW_KEY)]
 
@@ -446,7 +446,7 @@ async def test_stalled_stream_hits_the_idle_timeout_after_first_bytes(
             received.append(chunk)
     assert caught.value.phase == "stream_idle"
     assert received, "bytes before the stall were delivered"
-    assert stream.info.attempts == 1 and isinstance(stream.info.error, UpstreamTimeout)
+    assert stream.outcome.attempts == 1 and isinstance(stream.outcome.error, UpstreamTimeout)
 
 
 @pytest.mark.parametrize("scenario", ["reset-mid-stream", "truncated"])
@@ -459,7 +459,7 @@ async def test_cut_stream_raises_and_estimates_cost(
     with pytest.raises(TransportError):
         async for chunk in stream:
             received.append(chunk)
-    info = stream.info
+    info = stream.outcome
     assert received and info.attempts == 1
     assert info.usage_estimated and info.usage is not None and info.usage.prompt_tokens > 0
     assert info.cost is not None and info.cost.estimated and info.cost.usd > 0
@@ -485,7 +485,7 @@ async def test_closing_a_stream_early_cancels_upstream_and_frees_the_slot(
     await upstream.wait_held("gone")
     await stream.aclose()
     assert runner.limiter.snapshot()["in_flight"] == 0
-    assert stream.info.usage_estimated
+    assert stream.outcome.usage_estimated
     upstream.release("gone")
     assert (await runner.chat(body())).status == 200
 
@@ -496,7 +496,7 @@ async def test_closing_a_stream_early_cancels_upstream_and_frees_the_slot(
 async def test_estimate_cost_bounds_the_call_before_it_is_made(make_runner: RunnerFactory) -> None:
     runner = make_runner()
     estimate = runner.estimate_cost(body(max_tokens=100))
-    actual = (await runner.chat(body(max_tokens=100))).info.cost
+    actual = (await runner.chat(body(max_tokens=100))).outcome.cost
     assert estimate.estimated and estimate.model == "gpt-4o-mini"
     assert actual is not None and 0 < actual.usd <= estimate.usd
 
@@ -516,10 +516,10 @@ async def test_reconfigure_keeps_breaker_state_unless_its_settings_change(
     relaxed["circuitBreaker"]["failureThreshold"] = 5
     runner.reconfigure(OpenAiConfig.model_validate(relaxed))
     result = await runner.chat(body())
-    usage = result.info.usage
-    assert usage is not None and result.info.cost is not None
+    usage = result.outcome.usage
+    assert usage is not None and result.outcome.cost is not None
     expected = (usage.prompt_tokens * 1 + usage.completion_tokens * 2) / 1e6
-    assert result.info.cost.usd == pytest.approx(expected), "the override applies at once"
+    assert result.outcome.cost.usd == pytest.approx(expected), "the override applies at once"
 
 
 async def test_connect_timeout_against_a_listener_that_never_accepts(

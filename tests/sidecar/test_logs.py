@@ -1,4 +1,4 @@
-"""JSON logs: one parseable object per line, request fields from CallInfo only."""
+"""JSON logs: one parseable object per line, request fields from CallOutcome only."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from openai_runtime_sidecar.logs import JsonFormatter, configure_logging, request_fields
 from openai_runtime_sidecar.runner.errors import ContentFiltered
 from openai_runtime_sidecar.runner.pricing import Cost
-from openai_runtime_sidecar.runner.results import CallInfo, Usage
+from openai_runtime_sidecar.runner.results import CallOutcome, Usage
 
 SECRET_PROMPT = "SENTINEL-PROMPT tell me the launch codes"
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -124,8 +125,8 @@ def test_formatter_alone() -> None:
     }
 
 
-def full_info() -> CallInfo:
-    return CallInfo(
+def full_info() -> CallOutcome:
+    return CallOutcome(
         stream=True,
         variant="direct",
         server_address="api.openai.com",
@@ -135,7 +136,7 @@ def full_info() -> CallInfo:
         request_id="req-9",
         status=200,
         usage=Usage(100, 20, 120, cached_tokens=64),
-        finish_reasons=["stop"],
+        finish_reasons=("stop",),
         attempts=2,
         credential_fingerprint="sha256:0123456789ab",
         time_to_first_byte=0.2505,
@@ -199,14 +200,13 @@ def test_request_fields_before_the_runner_ran() -> None:
 
 def test_request_line_carries_no_content(stream: io.StringIO) -> None:
     """The error quotes the prompt (as a content filter's may): only its kind is logged."""
-    info = full_info()
-    info.usage = info.cost = None
-    info.error = ContentFiltered(
+    error = ContentFiltered(
         f"filtered: {SECRET_PROMPT}",
         status=400,
         body=SECRET_PROMPT.encode(),
         payload={"error": {"message": SECRET_PROMPT, "code": "content_filter"}},
     )
+    info = replace(full_info(), usage=None, cost=None, error=error)
     fields = request_fields(
         info, status=400, duration=0.5, error_type=None, method="POST", path="/v1/chat/completions"
     )

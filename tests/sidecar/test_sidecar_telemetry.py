@@ -1,6 +1,6 @@
 """Telemetry of real calls: the official SDK through a real sidecar to the fake upstream.
 
-``test_telemetry.py`` checks :class:`Telemetry` with hand-made CallInfo; here
+``test_telemetry.py`` checks :class:`Telemetry` with hand-made CallOutcome; here
 the spans, metrics and log lines come from actual requests, and each number
 is compared with what the app itself received (usage, the cost header).
 """

@@ -1,4 +1,4 @@
-"""Telemetry: spans continue the app's trace, metrics equal what CallInfo says, no content leaks."""
+"""Telemetry: spans continue the app's trace, metrics equal the call's outcome, no content leaks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import sys
 import types
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from openai_runtime_sidecar import telemetry as telemetry_module
 from openai_runtime_sidecar.runner.credentials import CredentialSnapshot, ReloadOutcome
 from openai_runtime_sidecar.runner.errors import RateLimited, UpstreamUnavailable
 from openai_runtime_sidecar.runner.pricing import Cost
-from openai_runtime_sidecar.runner.results import CallInfo, Usage
+from openai_runtime_sidecar.runner.results import CallOutcome, Usage
 from openai_runtime_sidecar.telemetry import CallTrace, Telemetry
 from tests.support import points
 
@@ -85,8 +86,8 @@ def make_info(
     usage: Usage | None = None,
     cost: Cost | None = None,
     attempts: int = 1,
-) -> CallInfo:
-    return CallInfo(
+) -> CallOutcome:
+    return CallOutcome(
         stream=stream,
         variant="direct",
         server_address="api.openai.com",
@@ -96,7 +97,7 @@ def make_info(
         request_id="req-abc",
         status=200,
         usage=usage if usage is not None else Usage(123, 45, 168, cached_tokens=100),
-        finish_reasons=["stop"],
+        finish_reasons=("stop",),
         attempts=attempts,
         credential_fingerprint=FINGERPRINT,
         cost=cost if cost is not None else price(0.000123456789),
@@ -134,7 +135,7 @@ def one(found: dict[str, list[Any]], name: str, **attributes: Any) -> Any:
     return matching[0]
 
 
-def run_call(trace: CallTrace, info: CallInfo) -> dict[str, str]:
+def run_call(trace: CallTrace, info: CallOutcome) -> dict[str, str]:
     upstream = trace.attempt_started(1)
     trace.attempt_finished(1, 200, None)
     trace.finish(info, status=200)
@@ -266,9 +267,7 @@ def test_final_upstream_error_marks_the_call_span(
     telemetry: Telemetry, exporter: InMemorySpanExporter, reader: InMemoryMetricReader
 ) -> None:
     error = UpstreamUnavailable("The server had an error", status=503)
-    info = make_info()
-    info.usage = info.cost = info.response_model = None
-    info.finish_reasons = []
+    info = replace(make_info(), usage=None, cost=None, response_model=None, finish_reasons=())
     trace = telemetry.start_call({}, model="gpt-4o", stream=False)
     trace.attempt_started(1)
     trace.attempt_finished(1, 503, error)
@@ -290,8 +289,7 @@ def test_final_upstream_error_marks_the_call_span(
 def test_an_error_raised_while_streaming_is_read_from_info(
     telemetry: Telemetry, exporter: InMemorySpanExporter
 ) -> None:
-    info = make_info(stream=True)
-    info.error = UpstreamUnavailable("stream broke", status=200)
+    info = replace(make_info(stream=True), error=UpstreamUnavailable("stream broke", status=200))
     telemetry.start_call({}, model="gpt-4o", stream=True).finish(info, status=200)
     (call,) = exporter.get_finished_spans()
     assert (call.attributes or {})["error.type"] == "UpstreamUnavailable"
@@ -423,8 +421,7 @@ def test_costs_add_up_per_model_and_estimation(
 def test_streams_record_time_to_first_token(
     telemetry: Telemetry, reader: InMemoryMetricReader
 ) -> None:
-    info = make_info(stream=True)
-    info.time_to_first_byte = 0.25
+    info = replace(make_info(stream=True), time_to_first_byte=0.25)
     telemetry.start_call({}, model="gpt-4o", stream=True).finish(info, status=200)
     ttft: HistogramDataPoint = one(points(reader), "openai_runtime.time_to_first_token")
     assert (ttft.count, ttft.sum) == (1, 0.25)
@@ -498,8 +495,7 @@ def test_prometheus_text_has_every_instrument(telemetry: Telemetry) -> None:
     trace.attempt_finished(1, 429, rate_limited())
     trace.attempt_started(2)
     trace.attempt_finished(2, 200, None)
-    info = make_info(stream=True, cost=price(0.5))
-    info.time_to_first_byte = 0.3
+    info = replace(make_info(stream=True, cost=price(0.5)), time_to_first_byte=0.3)
     trace.finish(info, status=200)
     text = telemetry.prometheus_text()
     for line in (
@@ -551,8 +547,7 @@ def test_no_key_or_content_reaches_spans_metrics_or_prometheus(
     trace.attempt_finished(1, 429, quoted)
     trace.attempt_started(2)
     trace.attempt_finished(2, 429, quoted)
-    info = make_info(attempts=2)
-    info.error = quoted
+    info = replace(make_info(attempts=2), error=quoted)
     trace.finish(info, status=429, error=quoted)
 
     assert set(upstream) == {"traceparent"}
