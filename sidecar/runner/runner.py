@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -46,7 +46,7 @@ from .pricing import Cost, PricingTable
 from .ratelimit import RateLimiter, RatePermit
 from .results import Answered, CallLedger, CallOutcome, ChatResult, Usage
 from .retrying import RetryPolicy
-from .streaming import StreamAttempt, open_stream
+from .streaming import ChatStream, StreamAttempt, open_stream
 from .tokens import estimate_prompt_tokens, max_output_tokens
 from .transport import Transport
 
@@ -463,68 +463,3 @@ class OpenAiRunner:
         attempt = await self._call(ledger, rate_permit, send, headers, observer)
         self._opened(ledger, attempt.status)
         return ChatStream(self, attempt, ledger, rate_permit, prompt)
-
-
-class ChatStream:
-    """Upstream's SSE bytes, frame by frame, as they should be forwarded.
-
-    Iterate it for the bytes to send to the client; read :attr:`outcome` when
-    the iteration ended. Always iterate to the end or call :meth:`aclose`
-    (the upstream connection is closed, the rate-limit slot freed and the
-    outcome built there).
-    """
-
-    def __init__(
-        self,
-        runner: OpenAiRunner,
-        attempt: StreamAttempt,
-        ledger: CallLedger,
-        rate_permit: RatePermit,
-        prompt_estimate: int,
-    ) -> None:
-        self._runner = runner
-        self._attempt = attempt
-        self._ledger = ledger
-        self.status = attempt.status
-        self.headers = attempt.headers
-        self.attempts = ledger.attempts
-        """Upstream attempts it took to open the stream."""
-        self.outcome: CallOutcome | None = None
-        """What the call came to: set when the stream ended or was closed."""
-        self._rate_permit = rate_permit
-        self._prompt_estimate = prompt_estimate
-        self._error: RunnerError | None = None
-        self._iterator = self._run()
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterator
-
-    async def _run(self) -> AsyncGenerator[bytes, None]:
-        attempt = self._attempt
-        try:
-            async for data in attempt.forward():
-                yield data
-        except RunnerError as err:
-            self._error = err
-            raise
-        finally:
-            self._close()
-
-    def _close(self) -> None:
-        if self.outcome is not None:
-            return
-        attempt, ledger = self._attempt, self._ledger
-        attempt.close()
-        usage = attempt.usage
-        if usage is None:
-            usage = attempt.estimate_usage(self._prompt_estimate)
-            ledger.usage_estimated = True
-        answered = Answered(attempt.response_model, attempt.response_id, attempt.finish_reasons)
-        self.outcome = self._runner._conclude(
-            ledger, self._rate_permit, usage, self._error, answered
-        )
-
-    async def aclose(self) -> None:
-        """Stop early (the client went away): close upstream, settle the books."""
-        await self._iterator.aclose()
-        self._close()

@@ -6,23 +6,29 @@ then :meth:`StreamAttempt.forward` yields the bytes to pass on, frame by
 frame, exactly as upstream sent them, while watching each event for the
 response id, model, finish reasons, usage and in-band errors. The one frame
 that may be held back is the usage-only chunk the runner asked for on the
-caller's behalf. Azure's quirks are tolerated: a first chunk with empty
-``choices`` / ``id`` / ``model``, filter-only chunks without ``delta``.
+caller's behalf. :class:`ChatStream` is what the runner hands its caller:
+the attempt's bytes, and the call's outcome once the stream ended. Azure's
+quirks are tolerated: a first chunk with empty ``choices`` / ``id`` /
+``model``, filter-only chunks without ``delta``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import RunnerError, TransportError, classify_error_payload, classify_response
 from .pricing import Cost
-from .results import Usage
+from .ratelimit import RatePermit
+from .results import Answered, CallLedger, CallOutcome, Usage
 from .sse import SSEDecoder, SSEFrame
 from .transport import UpstreamResponse
 
-__all__ = ["COST_FIELD", "Pricer", "StreamAttempt", "open_stream"]
+if TYPE_CHECKING:
+    from .runner import OpenAiRunner
+
+__all__ = ["COST_FIELD", "ChatStream", "Pricer", "StreamAttempt", "open_stream"]
 
 
 class Pricer(Protocol):
@@ -295,3 +301,68 @@ async def open_stream(
     )
     await attempt.prime()
     return attempt
+
+
+class ChatStream:
+    """Upstream's SSE bytes, frame by frame, as they should be forwarded.
+
+    Iterate it for the bytes to send to the client; read :attr:`outcome` when
+    the iteration ended. Always iterate to the end or call :meth:`aclose`
+    (the upstream connection is closed, the rate-limit slot freed and the
+    outcome built there).
+    """
+
+    def __init__(
+        self,
+        runner: OpenAiRunner,
+        attempt: StreamAttempt,
+        ledger: CallLedger,
+        rate_permit: RatePermit,
+        prompt_estimate: int,
+    ) -> None:
+        self._runner = runner
+        self._attempt = attempt
+        self._ledger = ledger
+        self.status = attempt.status
+        self.headers = attempt.headers
+        self.attempts = ledger.attempts
+        """Upstream attempts it took to open the stream."""
+        self.outcome: CallOutcome | None = None
+        """What the call came to: set when the stream ended or was closed."""
+        self._rate_permit = rate_permit
+        self._prompt_estimate = prompt_estimate
+        self._error: RunnerError | None = None
+        self._iterator = self._run()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterator
+
+    async def _run(self) -> AsyncGenerator[bytes, None]:
+        attempt = self._attempt
+        try:
+            async for data in attempt.forward():
+                yield data
+        except RunnerError as err:
+            self._error = err
+            raise
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.outcome is not None:
+            return
+        attempt, ledger = self._attempt, self._ledger
+        attempt.close()
+        usage = attempt.usage
+        if usage is None:
+            usage = attempt.estimate_usage(self._prompt_estimate)
+            ledger.usage_estimated = True
+        answered = Answered(attempt.response_model, attempt.response_id, attempt.finish_reasons)
+        self.outcome = self._runner._conclude(
+            ledger, self._rate_permit, usage, self._error, answered
+        )
+
+    async def aclose(self) -> None:
+        """Stop early (the client went away): close upstream, settle the books."""
+        await self._iterator.aclose()
+        self._close()
