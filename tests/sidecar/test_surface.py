@@ -484,3 +484,35 @@ async def test_an_upload_without_a_length_is_cut_at_the_limit(
     assert payload["error"]["code"] == "request_too_large"
     async with sdk(sidecar) as client:  # and the sidecar carries on
         assert (await client.models.list()).data
+
+
+async def test_a_deployment_route_needs_no_model_in_the_body(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    """As on Azure: the deployment in the URL chooses the model."""
+    sidecar = await make_sidecar(
+        "azure",
+        variant={
+            "azure": {
+                "endpoint": upstream.url,
+                "deployment": "gpt-4o-prod",
+                "deployments": ["text-embedding-3-small-prod"],
+            }
+        },
+        models={"allow": ["gpt-4o-mini"]},
+    )
+    base = sidecar.api_url + "/openai/deployments"
+    query = "?api-version=2024-10-21"
+    async with aiohttp.ClientSession() as http:
+        chat = await http.post(
+            f"{base}/gpt-4o-prod/chat/completions{query}",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+        )
+        vectors = await http.post(
+            f"{base}/text-embedding-3-small-prod/embeddings{query}", json={"input": "a"}
+        )
+        assert chat.status == 200 and vectors.status == 200
+    assert [r.path for r in upstream.requests] == [
+        "/openai/deployments/gpt-4o-prod/chat/completions",
+        "/openai/deployments/text-embedding-3-small-prod/embeddings",
+    ]
