@@ -7,9 +7,16 @@ single reference assignment, so readers never see a half-written key.
 
 The store reads a :class:`~.config.SecretRef`: an environment variable (fixed
 for the life of the process) or a file (a mounted Secret that kubelet
-rotates by swapping its ``..data`` symlink). A missing, empty, whitespace-only
-or unreadable file keeps the previous snapshot: a rotation that is half done
-must never take the key away from running traffic.
+rotates by swapping its ``..data`` symlink). A missing, empty, whitespace-only,
+unreadable or invalid file keeps the previous snapshot: a rotation that is half
+done, or a Secret pasted with a stray newline, must never take the key away from
+running traffic.
+
+A key is one printable ASCII token of at most :data:`MAX_KEY_LENGTH`
+characters once surrounding whitespace is stripped. Anything else (a line
+break, CR or NUL inside, internal spaces, non-ASCII, a pasted file) cannot go
+into an ``Authorization`` / ``api-key`` header, so taking it would break every
+call; it is rejected like an empty file, and only its fingerprint is reported.
 """
 
 from __future__ import annotations
@@ -23,12 +30,42 @@ from dataclasses import dataclass, field
 from .config import SecretRef
 from .errors import CredentialUnavailable
 
-__all__ = ["CredentialSnapshot", "CredentialStore", "ReloadOutcome", "fingerprint"]
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "CredentialSnapshot",
+    "CredentialStore",
+    "ReloadOutcome",
+    "fingerprint",
+    "key_problem",
+]
+
+MAX_KEY_LENGTH = 4096
+"""Longest key accepted, in characters. Real keys are under 200; anything near
+this is a wrong file mounted as the key (a kubeconfig, a certificate bundle)."""
 
 
 def fingerprint(value: str) -> str:
     """A short, stable, non-reversible name for a key: ``sha256:`` + 12 hex digits."""
-    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
+    # surrogatepass: a key from the environment may hold undecodable bytes
+    # (surrogate escapes); naming it must not raise. Valid text is unaffected.
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return "sha256:" + digest[:12]
+
+
+def key_problem(value: str) -> str | None:
+    """Why ``value`` (already stripped) cannot be a key, or ``None`` when it can.
+
+    The reason names the kind of character, never the key or where in it.
+    """
+    if len(value) > MAX_KEY_LENGTH:
+        return f"is {len(value)} characters long (at most {MAX_KEY_LENGTH})"
+    if value.isascii() and value.isprintable() and " " not in value:
+        return None  # the common case, one pass each: printable ASCII without spaces
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        return "contains a control character (line break, carriage return, NUL...)"
+    if not value.isascii():
+        return "contains non-ASCII characters"
+    return "contains whitespace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +115,7 @@ class CredentialStore:
     def from_value(cls, value: str, *, source: str = "inline") -> CredentialStore:
         """A store holding a fixed key (tools and tests; nothing to reload)."""
         store = cls(SecretRef(env="__unused__"), environ={})
-        store._current = store._snapshot(value.strip(), source)
+        store._current = store._snapshot(store._checked(value.strip(), source), source)
         return store
 
     @property
@@ -108,7 +145,9 @@ class CredentialStore:
         else:
             assert ref.file is not None
             try:
-                with open(ref.file, encoding="utf-8") as handle:
+                # newline="": a CR inside the key stays a CR (and its
+                # fingerprint that of the bytes written), not a translated LF.
+                with open(ref.file, encoding="utf-8", newline="") as handle:
                     raw = handle.read()
             except FileNotFoundError as exc:
                 raise CredentialUnavailable(f"key file {ref.file} does not exist") from exc
@@ -120,6 +159,18 @@ class CredentialStore:
         value = raw.strip()
         if not value:
             raise CredentialUnavailable(f"key from {ref.describe()} is empty")
+        return self._checked(value, ref.describe())
+
+    @staticmethod
+    def _checked(value: str, source: str) -> str:
+        """``value`` if it can be a key; :class:`CredentialUnavailable` naming its fingerprint."""
+        problem = key_problem(value)
+        if problem is not None:
+            # The fingerprint lets an operator tell which Secret version was
+            # refused without the key ever reaching a log or /status.
+            raise CredentialUnavailable(
+                f"key from {source} ({fingerprint(value)}) {problem}; a key is one printable token"
+            )
         return value
 
     def reload(self) -> ReloadOutcome:

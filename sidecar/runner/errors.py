@@ -10,7 +10,7 @@
     │   ├── AuthenticationFailed    401/403                                       [permanent*]
     │   ├── QuotaExhausted          429 insufficient_quota: billing, not pacing   [permanent]
     │   ├── RateLimited             other 429, with the provider's retry-after     [retryable]
-    │   └── UpstreamUnavailable     5xx, 408, 409, overloaded, in-band stream errors [retryable]
+    │   └── UpstreamUnavailable     5xx, 408, 409, overloaded, in-band errors     [retryable]
     ├── UpstreamTimeout             connect / first byte / stream idle / total     [retryable]
     ├── TransportError              refused, reset, truncated or garbled responses [retryable]
     ├── CircuitOpen                 the breaker is open; retry_after says for how long
@@ -21,8 +21,9 @@
 
 Every error knows the HTTP status and OpenAI-shaped body a proxy should send
 (:meth:`RunnerError.http_status`, :meth:`RunnerError.openai_body`): upstream
-errors replay exactly what upstream said, local ones use the same shape with a
-distinct ``code``. Foreign exceptions (aiohttp, asyncio) are translated into
+errors replay exactly what upstream said (an error upstream sent with a 2xx,
+in-band, gets the status of its class instead), local ones use the same shape
+with a distinct ``code``. Foreign exceptions (aiohttp, asyncio) are translated into
 this tree in exactly one place, the transport.
 """
 
@@ -110,7 +111,14 @@ class RunnerError(Exception):
 
 
 class UpstreamError(RunnerError):
-    """Upstream answered with an error; its status, body and headers are kept verbatim."""
+    """Upstream answered with an error; its status, body and headers are kept verbatim.
+
+    ``status`` is upstream's, 2xx included for an in-band error;
+    :meth:`http_status` is what a proxy answers with (``in_band_status`` then).
+    """
+
+    in_band_status: ClassVar[int] = 502
+    """Status a proxy answers with when upstream sent this error with a 2xx status."""
 
     def __init__(
         self,
@@ -138,6 +146,14 @@ class UpstreamError(RunnerError):
     def retry_after(self) -> float | None:
         return self._retry_after
 
+    def http_status(self) -> int:
+        # An error upstream delivered with a 2xx (a 200 whose body is
+        # {"error": ...}) must not reach the app as a success: the SDK would
+        # hand it a completion without choices. Answer with what it is.
+        if 200 <= self.status < 300:
+            return self.in_band_status
+        return self.status
+
     @property
     def request_id(self) -> str | None:
         for name in ("x-request-id", "apim-request-id"):
@@ -155,6 +171,7 @@ class UpstreamError(RunnerError):
 class InvalidRequest(UpstreamError):
     code = "invalid_request_error"
     error_type = "invalid_request_error"
+    in_band_status = 400
 
 
 class ContextLengthExceeded(InvalidRequest):
@@ -168,17 +185,20 @@ class ContentFiltered(InvalidRequest):
 class AuthenticationFailed(UpstreamError):
     code = "invalid_api_key"
     error_type = "authentication_error"
+    in_band_status = 401
 
 
 class QuotaExhausted(UpstreamError):
     code = "insufficient_quota"
     error_type = "insufficient_quota"
+    in_band_status = 429
 
 
 class RateLimited(UpstreamError):
     retryable = True
     code = "rate_limit_exceeded"
     error_type = "requests"
+    in_band_status = 429
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -321,7 +341,9 @@ def classify_error_payload(
         return RateLimited(message, retry_after=retry_after, **kwargs)
     if status >= 500 or status in (408, 409) or code in _OVERLOADED or etype in _OVERLOADED:
         return UpstreamUnavailable(message, retry_after=retry_after, **kwargs)
-    if 400 <= status < 500:
+    if 400 <= status < 500 or etype == "invalid_request_error":
+        # The type alone decides for an in-band (2xx) error: OpenAI says the
+        # request is wrong, so retrying it or blaming upstream's health is not.
         return InvalidRequest(message, **kwargs)
     # An in-band error with nothing recognisable: treat as a server-side failure.
     return UpstreamUnavailable(message, retry_after=retry_after, **kwargs)

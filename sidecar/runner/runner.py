@@ -39,6 +39,7 @@ from .errors import (
     RunnerError,
     TransportError,
     UpstreamError,
+    classify_error_payload,
     classify_response,
 )
 from .headers import parse_rate_limit_headers
@@ -409,6 +410,18 @@ class OpenAiRunner:
                 payload = None
             if not isinstance(payload, dict):
                 raise TransportError(f"upstream answered {response.status} with a non-JSON body")
+            if isinstance(payload.get("error"), dict):
+                # An error delivered with a 2xx: passed on as a success, the SDK
+                # would hand the app a completion without choices. Classified
+                # by its code and type like an in-band stream error, so retries,
+                # the breaker and the app's status all see the failure it is.
+                raise classify_error_payload(
+                    response.status,
+                    payload,
+                    headers=upstream_headers,
+                    body=raw,
+                    now=self.clock.time(),
+                )
             return response.status, upstream_headers, raw, payload
 
         status, upstream_headers, raw, payload = await self._call(

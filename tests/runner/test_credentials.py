@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from openai_runtime_sidecar.runner.config import SecretRef
 from openai_runtime_sidecar.runner.credentials import (
+    MAX_KEY_LENGTH,
     CredentialSnapshot,
     CredentialStore,
     ReloadOutcome,
     fingerprint,
+    key_problem,
 )
 from openai_runtime_sidecar.runner.errors import CredentialUnavailable
 
@@ -159,7 +162,19 @@ def _make_invalid_utf8(path: Path) -> None:
     path.write_bytes(b"sk-\xff\xfe" + KEY_B.encode())
 
 
+def _writer(value: str) -> Callable[[Path], None]:
+    # newline="": the bytes of ``value`` exactly, CR included.
+    return lambda path: path.write_text(value + "\n", encoding="utf-8", newline="")
+
+
 BREAKERS = {
+    "line-feed-inside": (_writer("sk-a\nsk-b"), "control character"),
+    "carriage-return-inside": (_writer("sk-a\rb"), "control character"),
+    "nul-inside": (_writer("sk-a\x00b"), "control character"),
+    "tab-inside": (_writer("sk-a\tb"), "control character"),
+    "space-inside": (_writer("sk a b"), "whitespace"),
+    "non-ascii": (_writer("sk-\u00e9" + KEY_B), "non-ASCII"),
+    "too-long": (_writer("sk-" + "x" * 10240), "at most 4096"),
     "missing": (_make_missing, "does not exist"),
     "empty": (_make_empty, "is empty"),
     "whitespace-only": (_make_blank, "is empty"),
@@ -318,3 +333,46 @@ def test_from_value() -> None:
     assert outcome.changed is False
     assert outcome.error is not None
     assert store.require() is snapshot
+
+
+@pytest.mark.parametrize(
+    "value",
+    [KEY_A, "k", "x" * MAX_KEY_LENGTH, "sk-proj-Ab_9.-~+/="],
+    ids=["key", "one-char", "longest", "punctuation"],
+)
+def test_printable_tokens_are_keys(value: str) -> None:
+    assert key_problem(value) is None
+    assert CredentialStore.from_value(value).require().value == value
+
+
+def test_a_bad_key_is_named_by_fingerprint_only(tmp_path: Path) -> None:
+    path = tmp_path / "api-key"
+    path.write_text(KEY_A)
+    store = file_store(path)
+    store.load()
+    bad = f"{KEY_B}\n{KEY_A}"
+    path.write_text(bad + "\n")
+    error = store.reload().error
+    assert error is not None
+    assert fingerprint(bad) in error, "which version was refused"
+    assert KEY_A not in error and KEY_B not in error
+
+
+def test_a_bad_env_key_is_refused_like_a_missing_one() -> None:
+    store = CredentialStore(SecretRef(env="OPENAI_API_KEY"), environ={"OPENAI_API_KEY": "sk a"})
+    with pytest.raises(CredentialUnavailable, match=r"env:OPENAI_API_KEY .* whitespace"):
+        store.load()
+    assert store.current is None
+
+
+def test_from_value_refuses_a_bad_key() -> None:
+    with pytest.raises(CredentialUnavailable, match="control character"):
+        CredentialStore.from_value("sk-a\x00b")
+
+
+def test_an_undecodable_env_key_is_refused_not_a_crash() -> None:
+    # os.environ holds bytes that are not UTF-8 as surrogate escapes.
+    store = CredentialStore(SecretRef(env="K"), environ={"K": "sk-\udcff"})
+    outcome = store.reload()
+    assert outcome.snapshot is None
+    assert outcome.error is not None and "non-ASCII" in outcome.error

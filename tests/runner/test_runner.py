@@ -297,6 +297,20 @@ async def test_garbage_200_is_a_transport_error(make_runner: RunnerFactory) -> N
         await runner.chat(body(), headers={"x-fake-scenario": "garbage"})
 
 
+async def test_an_error_body_with_200_is_raised_not_returned(make_runner: RunnerFactory) -> None:
+    # The fake's "status" scenario at 200 answers a 200 whose body is an
+    # invalid_request_error: the request's fault, so one attempt, breaker untouched.
+    runner = make_runner()
+    with pytest.raises(InvalidRequest) as info:
+        await runner.chat(body(), headers={"x-fake-scenario": "status", "x-fake-status": "200"})
+    err = info.value
+    assert err.status == 200, "upstream's own status is kept"
+    assert err.http_status() == 400, "the app is answered with what it is"
+    assert err.openai_body()["error"]["type"] == "invalid_request_error"
+    assert err.attempts == 1
+    assert runner.breaker.snapshot()["consecutive_failures"] == 0
+
+
 async def test_connection_reset_before_headers_is_retried(make_runner: RunnerFactory) -> None:
     runner = make_runner()
     headers = {
