@@ -28,7 +28,7 @@ from .config import SidecarConfig, load_sidecar_config, parse_listen
 from .configfile import ConfigError
 from .logs import configure_logging
 from .runner import CallOutcome, Clock, CredentialStore, OpenAiRunner, ReloadOutcome, Transport
-from .server import build_api_app
+from .server import ApiRunner, build_api_app
 from .telemetry import Telemetry
 from .watching import FileWatcher
 
@@ -219,7 +219,12 @@ class Sidecar:
             )
         grace = self.config.watch.shutdown_grace
         self._api = await _listen(
-            build_api_app(self), self.config.listen.api, grace=grace, cancel_on_disconnect=True
+            build_api_app(self),
+            self.config.listen.api,
+            grace=grace,
+            cancel_on_disconnect=True,
+            # Even a request aiohttp cannot parse is answered in OpenAI's shape.
+            runner_class=ApiRunner,
         )
         self._admin = await _listen(
             build_admin_app(self), self.config.listen.admin, grace=1.0, cancel_on_disconnect=False
@@ -260,10 +265,15 @@ class Sidecar:
 
 
 async def _listen(
-    app: web.Application, address: str, *, grace: float, cancel_on_disconnect: bool
+    app: web.Application,
+    address: str,
+    *,
+    grace: float,
+    cancel_on_disconnect: bool,
+    runner_class: type[web.AppRunner] = web.AppRunner,
 ) -> web.AppRunner:
     host, port = parse_listen(address)
-    runner = web.AppRunner(
+    runner = runner_class(
         app,
         shutdown_timeout=grace,
         handler_cancellation=cancel_on_disconnect,

@@ -16,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import compression_utils, web
+from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from .logs import request_fields
 from .runner import (
     CallOutcome,
     ChatStream,
-    CircuitOpen,
     LocalRateLimited,
     RunnerError,
     UpstreamError,
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from .telemetry import CallTrace
 
 __all__ = [
+    "ApiRunner",
     "BadRequest",
     "build_api_app",
     "error_response",
@@ -70,6 +74,18 @@ _POSITIVE_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n")
 _DROP_HEADERS = frozenset(
     {"x-api-key", "api-key", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
 )
+# Request Content-Encodings aiohttp itself decodes: gzip and deflate always,
+# br and zstd only when their optional decoder is installed. Anything else
+# (a list of several, an unknown name) it would pass on undecoded.
+_ENCODINGS = frozenset(
+    {"identity", "gzip", "deflate"}
+    | ({"br"} if compression_utils.HAS_BROTLI else set())
+    | ({"zstd"} if compression_utils.HAS_ZSTD else set())
+)
+_NO_RETRY = {"x-should-retry": "false"}
+# How aiohttp's parser names an encoding it has no decoder for: "... brotli (br). Please
+# install `Brotli`".
+_MISSING_DECODER = re.compile(r"\((br|zstd)\)\. Please install")
 
 
 def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -94,9 +110,13 @@ def openai_error(
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """A local refusal in OpenAI's error shape."""
+    """A local refusal in OpenAI's error shape.
+
+    It says ``x-should-retry: false``: the same request would be refused the
+    same way, and the SDK would otherwise retry 408s and 5xx on its own.
+    """
     payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
-    return web.json_response(payload, status=status, headers=headers)
+    return web.json_response(payload, status=status, headers={**_NO_RETRY, **(headers or {})})
 
 
 class BadRequest(Exception):
@@ -175,9 +195,13 @@ def error_response(err: RunnerError) -> web.Response:
             value = next((v for k, v in err.headers.items() if k.lower() == name), None)
             if value is not None:
                 headers[name] = value
-    if not isinstance(err, CircuitOpen | LocalRateLimited):
+    if not isinstance(err, LocalRateLimited):
         # The sidecar already retried as policy allows; a second layer of
         # retries in the SDK would only multiply load on a struggling upstream.
+        # An open circuit too: the SDK would sleep out its retry-after (30 s
+        # by default) to be refused again, so it fails fast and retry-after
+        # stays as information. Only our own limiter's 429 invites a retry:
+        # its wait is short and the next try is likely admitted.
         headers["x-should-retry"] = "false"
     headers["x-openai-runtime-attempts"] = str(err.attempts)
     return web.json_response(err.openai_body(), status=err.http_status(), headers=headers)
@@ -413,7 +437,15 @@ class ApiHandlers:
 
 @web.middleware
 async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Routing failures in OpenAI's shape rather than aiohttp's HTML."""
+    """Routing failures in OpenAI's shape rather than aiohttp's HTML.
+
+    And a body in a Content-Encoding aiohttp does not decode is refused before
+    it is read: aiohttp would hand it on as it came, and upstream (which never
+    sees the header) would get compressed bytes as JSON or as an upload.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding and encoding not in _ENCODINGS:
+        return _unsupported_encoding(request.headers["Content-Encoding"], close=True)
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -428,6 +460,114 @@ async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamRe
             f"Method {request.method} is not allowed on {request.path}.",
             "method_not_allowed",
             headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        # Any other answer aiohttp raises itself: its status, our shape.
+        return openai_error(exc.status, exc.reason, exc.reason.lower().replace(" ", "_"))
+
+
+def _unsupported_encoding(encoding: str, *, close: bool) -> web.Response:
+    supported = ", ".join(sorted(_ENCODINGS))
+    response = openai_error(
+        415,
+        f"The Content-Encoding '{encoding[:100]}' is not supported by the sidecar "
+        f"(supported: {supported}).",
+        "unsupported_content_encoding",
+    )
+    if close:
+        # The body was never read; aiohttp would otherwise linger to drain it.
+        response.force_close()
+    return response
+
+
+class _ApiProtocol(RequestHandler):
+    """aiohttp's per-connection protocol, answering its own errors in OpenAI's shape.
+
+    aiohttp answers a request it cannot parse (bad request line, invalid or
+    over-long header, broken chunked body, a Content-Encoding it has no
+    decoder for) and a handler that crashed with ``handle_error``, in text or
+    HTML, before or after any middleware could step in. aiohttp offers no hook
+    for those answers (aio-libs/aiohttp#3287), so this subclass overrides that
+    one method; :class:`ApiRunner` makes the API listener use it.
+    """
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own first: it logs, and raises when an answer was already
+        # partly sent (then the connection is simply dropped).
+        super().handle_error(request, status, exc, message)
+        missing = (
+            _MISSING_DECODER.search(exc.message) if isinstance(exc, ContentEncodingError) else None
+        )
+        if isinstance(exc, ContentEncodingError) and missing:
+            # br or zstd without its optional decoder: refused as soon as the
+            # headers are parsed, like any encoding aiohttp does not decode.
+            response = _unsupported_encoding(missing.group(1), close=True)
+        elif isinstance(exc, ContentEncodingError):
+            response = openai_error(400, "The request body could not be decoded.", "invalid_body")
+        elif isinstance(exc, LineTooLong):
+            response = openai_error(
+                400,
+                "The request line or a header is longer than the sidecar accepts.",
+                "header_too_large",
+            )
+        elif status < 500:
+            detail = (message or "").split("\n", 1)[0].rstrip(": ")
+            response = openai_error(
+                status,
+                f"The request is not valid HTTP: {detail or 'malformed'}.",
+                "invalid_http_request",
+            )
+        else:
+            # A crash or timeout of ours, not a verdict on the request: the
+            # SDK may retry it as it would any 5xx.
+            response = web.json_response(
+                {
+                    "error": {
+                        "message": "The sidecar failed to handle the request.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "internal_error" if status == 500 else "handler_timeout",
+                    }
+                },
+                status=status,
+            )
+        response.force_close()  # as aiohttp's own: the connection's state is unknown
+        return response
+
+
+class _ApiServer(web.Server):
+    """aiohttp's low-level server, with :class:`_ApiProtocol` for each connection."""
+
+    def __call__(self) -> RequestHandler:
+        return _ApiProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """An :class:`aiohttp.web.AppRunner` whose connections answer parse errors in OpenAI's shape.
+
+    The application's server is built as usual (startup signals, handler
+    arguments, access log) and re-created as an :class:`_ApiServer` with the
+    very same arguments.
+    """
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _ApiServer(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **made._kwargs,
         )
 
 
