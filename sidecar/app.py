@@ -26,6 +26,7 @@ from aiohttp import web
 from .admin import build_admin_app
 from .config import SidecarConfig, load_sidecar_config, parse_listen
 from .configfile import ConfigError
+from .labels import ModelLabels
 from .logs import configure_logging
 from .runner import CallOutcome, Clock, CredentialStore, OpenAiRunner, ReloadOutcome, Transport
 from .server import ApiRunner, build_api_app
@@ -91,6 +92,8 @@ class Sidecar:
             limiter=lambda: self.runner.limiter.snapshot(),
         )
         self.spend: dict[str, SpendTotals] = {}
+        """Per model the runtime knows (allow-list, price table), the rest as ``other``."""
+        self._label_models()
         self.started_at = time.monotonic()
         self.shutting_down = False
         self._api: web.AppRunner | None = None
@@ -113,11 +116,17 @@ class Sidecar:
             reasons.append("API listener not started")
         return reasons
 
+    def _label_models(self) -> None:
+        # Bounded by what the runtime knows, so invented names cannot grow
+        # /metrics or /status; rebuilt when the allow-list or prices change.
+        labels = ModelLabels(self.config.models.allow, self.runner.pricing)
+        self.telemetry.model_label = self._model_label = labels
+
     def account(self, info: CallOutcome | None) -> None:
         """Add a finished call's tokens and cost to the per-model totals."""
         if info is None:
             return
-        model = info.response_model or info.request_model or "unknown"
+        model = self._model_label(info.response_model or info.request_model) or "unknown"
         totals = self.spend.setdefault(model, SpendTotals())
         totals.requests += 1
         if info.usage is not None:
@@ -176,6 +185,7 @@ class Sidecar:
             self.credentials.reload()
         self.runner.reconfigure(config)
         self.config = config
+        self._label_models()
         self.config_generation += 1
         self.config_error = None
         self.telemetry.config_reloaded(True)

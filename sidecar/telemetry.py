@@ -133,6 +133,9 @@ class Telemetry:
         # The runtime's own metrics carry short labels (runtime, model, ...);
         # the GenAI ones carry the semantic-convention attributes below.
         self.runtime_attributes: dict[str, AttributeValue] = {"runtime": runtime}
+        self.model_label: Callable[[str | None], str | None] = lambda name: name
+        """Bounds the model names metrics carry (:class:`~.labels.ModelLabels`); spans
+        keep the real names."""
         self.base_attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": self.provider_name,
@@ -400,10 +403,10 @@ class CallTrace:
 
         attributes = dict(telemetry.base_attributes)
         attributes["gen_ai.operation.name"] = self._operation
-        if request_model:
-            attributes["gen_ai.request.model"] = request_model
-        if response_model:
-            attributes["gen_ai.response.model"] = response_model
+        if label := telemetry.model_label(request_model):
+            attributes["gen_ai.request.model"] = label
+        if label := telemetry.model_label(response_model):
+            attributes["gen_ai.response.model"] = label
         telemetry.duration.record(
             duration, {**attributes, "error.type": kind} if kind else attributes
         )
@@ -419,7 +422,7 @@ class CallTrace:
             telemetry.time_to_first_token.record(info.time_to_first_byte, attributes)
 
         runtime = telemetry.runtime_attributes
-        named = response_model or request_model
+        named = telemetry.model_label(response_model or request_model)
         model: dict[str, AttributeValue] = {"model": named} if named else {}
         if info is not None and info.cost is not None:
             cost = info.cost

@@ -119,8 +119,9 @@ async def test_legacy_completions_hide_the_usage_they_did_not_ask_for(
     assert chunks and all(c.usage is None for c in chunks)
     rec = last(upstream, "completions")
     assert rec.body["stream_options"] == {"include_usage": True}  # asked on the app's behalf
-    assert sidecar.spend["gpt-3.5-turbo-instruct"].requests == 2
-    assert sidecar.spend["gpt-3.5-turbo-instruct"].completion_tokens > 0
+    # Neither allowed nor priced: its spend is counted under "other".
+    assert sidecar.spend["other"].requests == 2
+    assert sidecar.spend["other"].completion_tokens > 0
 
 
 async def test_moderations_images_and_models(sidecar: Sidecar, upstream: FakeUpstream) -> None:
