@@ -195,7 +195,7 @@ def error_response(err: RunnerError) -> web.Response:
             value = next((v for k, v in err.headers.items() if k.lower() == name), None)
             if value is not None:
                 headers[name] = value
-    if not isinstance(err, LocalRateLimited):
+    if not isinstance(err, LocalRateLimited) or not err.fits:
         # The sidecar already retried as policy allows; a second layer of
         # retries in the SDK would only multiply load on a struggling upstream.
         # An open circuit too: the SDK would sleep out its retry-after (30 s

@@ -255,17 +255,25 @@ class CircuitOpen(RunnerError):
 
 
 class LocalRateLimited(RunnerError):
-    """Our own limiter could not admit the call within ``maxQueueWait``."""
+    """Our own limiter could not admit the call within ``maxQueueWait``.
+
+    Or never could: an estimate above ``tokensPerMinute`` is refused at once.
+    The message names the budget's config field (``rateLimits.requestsPerMinute``,
+    ``rateLimits.tokensPerMinute``, ``rateLimits.maxConcurrency``) or upstream's
+    ``x-ratelimit-remaining-*`` header, so the operator knows what to raise.
+    """
 
     status = 429
     code = "local_rate_limited"
     error_type = "requests"
 
-    def __init__(self, message: str, *, retry_after: float, limit: str) -> None:
+    def __init__(self, message: str, *, retry_after: float, limit: str, fits: bool = True) -> None:
         super().__init__(message)
         self._retry_after = retry_after
         self.limit = limit
-        """Which budget ran out: requests, tokens or concurrency."""
+        """Which budget ran out: requests, tokens or concurrency (local or upstream's)."""
+        self.fits = fits
+        """False when the call can never fit the budget: waiting cannot help it."""
 
     @property
     def retry_after(self) -> float | None:

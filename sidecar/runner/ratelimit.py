@@ -12,6 +12,15 @@ in a FIFO queue, at most ``max_queue_wait`` seconds, then gets
 :class:`~.errors.LocalRateLimited` with a ``retry_after`` estimate. When the
 usage is known the TPM charge is corrected (:meth:`RatePermit.settle`).
 
+Estimates are pessimistic (the whole ``max_tokens`` is pre-charged), so much
+of a spent TPM bucket is usually on loan to calls still in flight. A caller
+short of tokens therefore waits while such pre-charges could come back in
+time, and each refund wakes the head of the queue; it is refused before its
+deadline only when neither refills nor every outstanding pre-charge could
+cover it, and at once when its estimate alone exceeds ``tokensPerMinute``.
+Every refusal names the budget and the config field (or upstream header)
+that set it.
+
 With ``learn_from_headers`` the limiter also listens to the provider's
 ``x-ratelimit-remaining-*``: when the organisation's shared budget is spent
 (other pods use the same key) it holds admissions until the provider's reset
@@ -43,6 +52,19 @@ _EPSILON = 1e-9
 # Slots free up whenever calls end, which nothing predicts; this is only a
 # polite hint for clients rejected on concurrency.
 _CONCURRENCY_RETRY_AFTER = 1.0
+# An estimate above tokensPerMinute never fits; only a config change can
+# help, so the hint is a whole bucket's refill rather than "soon".
+_NEVER_FITS_RETRY_AFTER = 60.0
+
+# What refused a call: the budget the error's ``limit`` reports, and what the
+# operator can look at or change (the 429's message names it).
+_BUDGETS: dict[str, tuple[str, str]] = {
+    "requests": ("requests", "rateLimits.requestsPerMinute"),
+    "tokens": ("tokens", "rateLimits.tokensPerMinute"),
+    "concurrency": ("concurrency", "rateLimits.maxConcurrency"),
+    "provider_requests": ("requests", "upstream's x-ratelimit-remaining-requests"),
+    "provider_tokens": ("tokens", "upstream's x-ratelimit-remaining-tokens"),
+}
 
 
 class RateLimitSnapshot(TypedDict):
@@ -132,6 +154,8 @@ class RateLimiter:
         self._requests = _Bucket(rpm, now) if rpm is not None else None
         self._tokens = _Bucket(tpm, now) if tpm is not None else None
         self._in_flight = 0
+        self._on_loan = 0
+        """TPM pre-charges of unsettled permits: the most settle() could refund."""
         self._queue: deque[_Waiter] = deque()
         self._provider_requests = _Provider()
         self._provider_tokens = _Provider()
@@ -139,22 +163,21 @@ class RateLimiter:
     async def acquire(self, estimated_tokens: int) -> RatePermit:
         """Wait for room for one call, or raise :class:`LocalRateLimited`.
 
-        An estimate above the whole TPM capacity is charged as the capacity:
-        the call could never fit otherwise, and a full bucket is the most the
-        limiter can ask for. Negative estimates count as zero.
+        An estimate above the whole TPM capacity is refused at once: no refill
+        or refund could ever make room for it. Negative estimates count as zero.
         """
         charge = max(0, estimated_tokens)
-        if self._tokens is not None:
-            charge = min(charge, int(self._tokens.capacity))
+        if self._tokens is not None and charge > self._tokens.capacity:
+            raise self._never_fits(charge)
         if not self._queue and self._blocker(charge) is None:
             return self._admit(estimated_tokens, charge)
         start = self._clock.monotonic()
         deadline = start + self.settings.max_queue_wait
-        # Refills are predictable: refuse at once when the budgets cannot cover
-        # this call and everyone queued ahead of it in time.
-        limit, wait = self._estimate(len(self._queue), charge)
-        if limit is not None and wait > self.settings.max_queue_wait:
-            raise self._reject(limit, wait, 0.0)
+        # Refuse at once when neither refills nor refunds from the calls in
+        # flight could cover this call and everyone queued ahead of it in time.
+        hopeless = self._hopeless(len(self._queue), charge, self.settings.max_queue_wait)
+        if hopeless is not None:
+            raise self._reject(*hopeless, 0.0)
         waiter = _Waiter(charge)
         self._queue.append(waiter)
         try:
@@ -171,10 +194,16 @@ class RateLimiter:
                 if blocker is None:
                     self._queue.popleft()
                     return self._admit(estimated_tokens, charge)
-                limit, wait = blocker
-                if wait > remaining or remaining <= 0:
-                    raise self._reject(limit, wait, now - start)
-                # Sleep until the refill; a freed slot or a refund wakes us earlier.
+                if remaining <= 0:
+                    raise self._reject(*blocker, now - start)
+                # The same rule as up front: a release without refund (or an
+                # extra charge) may have taken the last hope away.
+                hopeless = self._hopeless(0, charge, remaining)
+                if hopeless is not None:
+                    raise self._reject(*hopeless, now - start)
+                # Sleep until the refill; a freed slot, a refund or kinder
+                # provider headers wake us earlier (see _wake_head).
+                wait = blocker[1]
                 await self._wait(waiter, min(wait, remaining) if wait > 0 else remaining)
         finally:
             if waiter in self._queue:  # timed out or cancelled: give the place up
@@ -216,10 +245,13 @@ class RateLimiter:
         if actual_tokens is not None and self._tokens is not None:
             # Refunds stop at capacity; extra usage may leave the bucket in debt.
             self._tokens.add(charged - max(0, actual_tokens), self._clock.monotonic())
-        self._free_slot()
+        self._free_slot(charged)
 
-    def _free_slot(self) -> None:
+    def _free_slot(self, charged: int) -> None:
+        # Settled or released, the charge can no longer come back.
+        self._on_loan -= charged
         self._in_flight -= 1
+        # A refund or a free slot may be what the head of the queue waits for.
         self._wake_head()
 
     # -- internals ---------------------------------------------------------------
@@ -233,45 +265,105 @@ class RateLimiter:
         self._provider_requests.spend(1)
         self._provider_tokens.spend(charge)
         self._in_flight += 1
+        self._on_loan += charge
         # Budgets may allow the next in line too.
         self._wake_head()
         return RatePermit(self, estimated_tokens, charge)
 
     def _blocker(self, charge: int) -> tuple[str, float] | None:
         """What keeps the head of the queue out, and for how long (0 = unknown)."""
-        limit, wait = self._estimate(0, charge)
-        if limit is not None:
-            return limit, wait
+        budget, wait = self._estimate(0, charge)
+        if budget is not None:
+            return budget, wait
         cap = self.settings.max_concurrency
         if cap is not None and self._in_flight >= cap:
             return "concurrency", 0.0
         return None
 
-    def _estimate(self, position: int, tokens: int) -> tuple[str | None, float]:
-        """The budget that keeps a caller at ``position`` waiting longest, and how long.
+    def _waits(self, position: int, tokens: int) -> list[tuple[float, str]]:
+        """Refill or reset time per budget for a caller at ``position`` (0 = fits now).
 
-        Counts refills and provider resets for the callers ahead and this one;
-        concurrency is left out since nothing predicts when slots free up.
+        Counts the callers ahead and this one; concurrency is left out since
+        nothing predicts when slots free up.
         """
         now = self._clock.monotonic()
         requests = position + 1
         tokens += sum(w.tokens for w in itertools.islice(self._queue, position))
-        waits = [
+        return [
             (self._requests.wait_for(requests, now) if self._requests else 0.0, "requests"),
             (self._tokens.wait_for(tokens, now) if self._tokens else 0.0, "tokens"),
-            (self._provider_requests.wait_for(requests, now), "requests"),
-            (self._provider_tokens.wait_for(tokens, now), "tokens"),
+            (self._provider_requests.wait_for(requests, now), "provider_requests"),
+            (self._provider_tokens.wait_for(tokens, now), "provider_tokens"),
         ]
-        wait, limit = max(waits, key=lambda pair: pair[0])
-        return (limit, wait) if wait > 0 else (None, 0.0)
 
-    def _reject(self, limit: str | None, wait: float, waited: float) -> LocalRateLimited:
-        limit = limit or "concurrency"
+    def _estimate(self, position: int, tokens: int) -> tuple[str | None, float]:
+        """The budget that keeps a caller at ``position`` waiting longest, and how long."""
+        wait, budget = max(self._waits(position, tokens), key=lambda pair: pair[0])
+        return (budget, wait) if wait > 0 else (None, 0.0)
+
+    def _hopeless(self, position: int, tokens: int, within: float) -> tuple[str, float] | None:
+        """A budget that cannot admit a caller at ``position`` in ``within`` seconds.
+
+        Refills and provider resets are predictable. Refunds are not, but they
+        are bounded: settle() gives back at most the pre-charges on loan, so
+        the TPM bucket is hopeless only if even refunding all of them (every
+        call in flight using no tokens) would not cover the need in time.
+        Returns the longest such wait (the retry-after), or None while there
+        is hope.
+        """
+        hopeless: list[tuple[float, str]] = []
+        for wait, budget in self._waits(position, tokens):
+            if wait <= within:
+                continue
+            if budget == "tokens" and self._tokens is not None and self._on_loan > 0:
+                need = tokens + sum(w.tokens for w in itertools.islice(self._queue, position))
+                now = self._clock.monotonic()
+                if self._tokens.wait_for(need - self._on_loan, now) <= within:
+                    continue
+            hopeless.append((wait, budget))
+        if not hopeless:
+            return None
+        wait, budget = max(hopeless, key=lambda pair: pair[0])
+        return budget, wait
+
+    def _describe(self, budget: str) -> str:
+        """The budget's config field (or upstream header) and its current value."""
+        field = _BUDGETS[budget][1]
+        settings = self.settings
+        configured = {
+            "requests": settings.requests_per_minute,
+            "tokens": settings.tokens_per_minute,
+            "concurrency": settings.max_concurrency,
+        }
+        if budget in configured:
+            return f"{field} = {configured[budget]}"
+        provider = (
+            self._provider_requests if budget == "provider_requests" else self._provider_tokens
+        )
+        left = provider.remaining if provider.known(self._clock.monotonic()) else None
+        return f"{field} = {left}" if left is not None else field
+
+    def _reject(self, budget: str | None, wait: float, waited: float) -> LocalRateLimited:
+        budget = budget or "concurrency"
+        limit = _BUDGETS[budget][0]
+        retry_after = wait if wait > 0 else _CONCURRENCY_RETRY_AFTER
         return LocalRateLimited(
-            f"local {limit} budget exhausted: not admitted after {waited:.3f}s in the queue"
-            f" (limit {self.settings.max_queue_wait:g}s)",
-            retry_after=wait if wait > 0 else _CONCURRENCY_RETRY_AFTER,
+            f"local {limit} budget exhausted ({self._describe(budget)}): not admitted after"
+            f" {waited:.3f}s in the queue (rateLimits.maxQueueWait = "
+            f"{self.settings.max_queue_wait:g}s); retry after {retry_after:.3g}s",
+            retry_after=retry_after,
             limit=limit,
+        )
+
+    def _never_fits(self, charge: int) -> LocalRateLimited:
+        return LocalRateLimited(
+            f"local tokens budget too small (rateLimits.tokensPerMinute = "
+            f"{self.settings.tokens_per_minute}): this call's estimate of {charge} tokens"
+            " (prompt plus max output) can never fit; lower max_tokens or raise"
+            " rateLimits.tokensPerMinute",
+            retry_after=_NEVER_FITS_RETRY_AFTER,
+            limit="tokens",
+            fits=False,
         )
 
     async def _wait(self, waiter: _Waiter, seconds: float) -> None:
@@ -313,7 +405,7 @@ class RatePermit:
         self._done = False
         self.estimated_tokens = estimated_tokens
         self.tokens = tokens
-        """Tokens charged to the TPM budget (the estimate, clamped)."""
+        """Tokens charged to the TPM budget (the estimate, at least 0)."""
 
     @property
     def settled(self) -> bool:
@@ -329,7 +421,7 @@ class RatePermit:
         """Free the slot, keeping the estimate charged."""
         if not self._done:
             self._done = True
-            self._limiter._free_slot()
+            self._limiter._free_slot(self.tokens)
 
     def __enter__(self) -> RatePermit:
         return self

@@ -170,29 +170,163 @@ async def test_refund_wakes_a_token_waiter_without_time_passing() -> None:
     assert clock.monotonic() == 0
 
 
-async def test_oversize_estimate_is_clamped_to_capacity() -> None:
+async def test_an_estimate_above_the_bucket_is_refused_at_once() -> None:
     limiter, clock = make(tpm=6000, wait=60)
-    permit = await take(limiter, 10_000)
-    assert permit.tokens == 6000
-    assert permit.estimated_tokens == 10_000
-    assert limiter.snapshot()["tokens_available"] == pytest.approx(0)
-    # Another oversize call waits for a full bucket, not forever.
-    waiter = queue(limiter, 1_000_000)
-    await idle()
-    clock.advance(59)
+    # Even with a full bucket and a minute to wait: it could never fit.
+    with pytest.raises(LocalRateLimited) as caught:
+        await take(limiter, 6001)
+    assert caught.value.limit == "tokens"
+    assert "rateLimits.tokensPerMinute = 6000" in caught.value.message
+    assert "6001 tokens" in caught.value.message and "never fit" in caught.value.message
+    assert caught.value.retry_after == pytest.approx(60.0)
+    assert clock.sleeps == []
+    assert limiter.snapshot()["queued"] == 0
+    permit = await take(limiter, 6000)  # exactly the capacity still fits
+    assert permit.tokens == 6000 and permit.estimated_tokens == 6000
+
+
+async def test_a_waiter_is_admitted_by_a_refund_before_max_queue_wait() -> None:
+    # 100 tokens a second; 5 s of refill (500) cannot cover 4000, a refund can.
+    limiter, clock = make(tpm=6000, wait=5)
+    holder = await take(limiter, 5000)
+    waiter = queue(limiter, 4000)
     await idle()
     assert not waiter.done()
+    assert limiter.snapshot()["queued"] == 1
+    clock.advance(2)
+    await idle()
+    assert not waiter.done()
+    holder.settle(300)  # real usage: 4700 of the pre-charge come back
+    await idle()
+    permit = admitted(waiter)
+    assert permit.tokens == 4000
+    assert clock.monotonic() == 2
+    # 1000 left + 200 refilled + 4700 refunded - 4000 charged
+    assert limiter.snapshot()["tokens_available"] == pytest.approx(1900)
+
+
+async def test_a_refund_waiter_is_refused_at_the_deadline_if_none_comes() -> None:
+    limiter, clock = make(tpm=6000, wait=5)
+    holder = await take(limiter, 5000)
+    waiter = queue(limiter, 4000)
+    await idle()
+    clock.advance(4.9)
+    await idle()
+    assert not waiter.done()
+    clock.advance(0.1)
+    await idle()
+    exc = waiter.exception()
+    assert isinstance(exc, LocalRateLimited)
+    assert exc.limit == "tokens"
+    assert "rateLimits.tokensPerMinute = 6000" in exc.message
+    assert "5.000s in the queue" in exc.message
+    assert "rateLimits.maxQueueWait = 5s" in exc.message
+    # 1500 tokens available by now: 2500 more take 25 s of refill.
+    assert exc.retry_after == pytest.approx(25.0)
+    assert limiter.snapshot()["queued"] == 0
+    holder.settle(None)
+
+
+async def test_refused_up_front_when_even_every_refund_could_not_suffice() -> None:
+    limiter, clock = make(tpm=6000, wait=5)
+    small = await take(limiter, 1000)  # on loan: at most 1000 can come back
+    settled = await take(limiter, 4000)
+    settled.settle(None)  # usage unknown: this charge stays
+    # 1000 available + 500 refill + 1000 refundable < 3000.
+    with pytest.raises(LocalRateLimited) as caught:
+        await take(limiter, 3000)
+    assert caught.value.limit == "tokens"
+    assert caught.value.retry_after == pytest.approx(20.0)
+    # 2000 could make it if the small call refunds everything: it waits.
+    waiter = queue(limiter, 2000)
+    await idle()
+    assert not waiter.done()
+    small.settle(0)
+    await idle()
+    assert admitted(waiter).tokens == 2000
+    assert clock.monotonic() == 0
+
+
+async def test_a_release_without_refund_ends_the_hope_at_once() -> None:
+    limiter, clock = make(tpm=6000, wait=5)
+    holder = await take(limiter, 5000)
+    waiter = queue(limiter, 4000)
+    await idle()
+    holder.release()  # failed call: the estimate stays charged, nothing to wait for
+    await idle()
+    exc = waiter.exception()
+    assert isinstance(exc, LocalRateLimited) and exc.limit == "tokens"
+    assert exc.retry_after == pytest.approx(30.0)
+    assert clock.monotonic() == 0
+
+
+async def test_refunds_keep_fifo_order() -> None:
+    limiter, clock = make(tpm=6000, wait=5)
+    holder = await take(limiter, 6000)
+    big = queue(limiter, 3000)
+    await idle()
+    small = queue(limiter, 1000)
+    await idle()
+    holder.settle(3500)  # 2500 back: enough for the small call, not for the big one
+    await idle()
+    assert not big.done() and not small.done()  # the small one does not overtake
+    assert limiter.snapshot()["queued"] == 2
+    clock.advance(5)  # the refill completes the big call's 3000; its turn, then the deadline
+    await idle()
+    assert admitted(big).tokens == 3000
+    exc = small.exception()
+    assert isinstance(exc, LocalRateLimited) and exc.limit == "tokens"
+
+
+@pytest.mark.parametrize(
+    ("rpm", "tpm", "concurrency", "field"),
+    [
+        (1, None, None, "rateLimits.requestsPerMinute = 1"),
+        (None, 60, None, "rateLimits.tokensPerMinute = 60"),
+        (None, None, 1, "rateLimits.maxConcurrency = 1"),
+    ],
+)
+async def test_each_refusal_names_its_budget_and_field(
+    rpm: int | None, tpm: int | None, concurrency: int | None, field: str
+) -> None:
+    limiter, clock = make(rpm=rpm, tpm=tpm, concurrency=concurrency, wait=1)
+    holder = await take(limiter, 60)
+    holder.release()  # slot free again, tokens and requests stay spent
+    if concurrency is not None:
+        await take(limiter, 60)
+    waiter = queue(limiter, 60)
+    await idle()
     clock.advance(1)
     await idle()
-    assert admitted(waiter).tokens == 6000
+    exc = waiter.exception()
+    assert isinstance(exc, LocalRateLimited)
+    assert field in exc.message
+    assert "rateLimits.maxQueueWait = 1s" in exc.message
+    assert exc.http_status() == 429
+    assert exc.openai_body()["error"]["message"] == exc.message
 
 
-async def test_oversize_estimate_rejected_with_refill_time_when_too_long() -> None:
-    limiter, _ = make(tpm=6000, wait=2)
-    await take(limiter, 6000)
+@pytest.mark.parametrize(
+    ("headers", "field"),
+    [
+        (
+            RateLimitHeaders(remaining_requests=0, reset_requests=60.0),
+            "upstream's x-ratelimit-remaining-requests = 0",
+        ),
+        (
+            RateLimitHeaders(remaining_tokens=10, reset_tokens=60.0),
+            "upstream's x-ratelimit-remaining-tokens = 10",
+        ),
+    ],
+)
+async def test_a_provider_hold_names_the_upstream_header(
+    headers: RateLimitHeaders, field: str
+) -> None:
+    limiter, _ = make(wait=1)
+    limiter.observe_headers(headers)
     with pytest.raises(LocalRateLimited) as caught:
-        await take(limiter, 50_000)
-    assert caught.value.limit == "tokens"
+        await take(limiter, 100)
+    assert field in caught.value.message
     assert caught.value.retry_after == pytest.approx(60.0)
 
 
