@@ -27,6 +27,7 @@ from .admin import build_admin_app
 from .config import SidecarConfig, load_sidecar_config, parse_listen
 from .configfile import ConfigError
 from .labels import ModelLabels
+from .listening import AcceptErrorThrottle, ConnectionGuard, api_connection_limit
 from .logs import configure_logging
 from .runner import CallOutcome, Clock, CredentialStore, OpenAiRunner, ReloadOutcome, Transport
 from .server import ApiRunner, build_api_app
@@ -98,6 +99,8 @@ class Sidecar:
         self.shutting_down = False
         self._api: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
+        self.api_connections: ConnectionGuard | None = None
+        self.admin_connections: ConnectionGuard | None = None
         self._watchers: list[FileWatcher] = []
 
     # -- state -------------------------------------------------------------
@@ -179,6 +182,8 @@ class Sidecar:
             return False
         if config.listen != self.config.listen:
             log.warning("listen addresses change only on restart; other changes applied")
+        if config.connections != self.config.connections:
+            log.warning("connection limits change only on restart; other changes applied")
         if config.api_key != self.config.api_key:
             self.credentials.ref = config.api_key
             self._watch_key()
@@ -228,16 +233,35 @@ class Sidecar:
                 )
             )
         grace = self.config.watch.shutdown_grace
+        limits = self.config.connections
+        admin_cap = limits.admin.max_connections or _ADMIN_CONNECTIONS
+        # Caps per listener, so a flood of the (pod-network) admin port cannot
+        # take the descriptors the (loopback) API needs, nor the reverse.
+        self.api_connections = ConnectionGuard(
+            "api",
+            limit=limits.api.max_connections or api_connection_limit(admin_cap),
+            header_timeout=limits.header_timeout,
+        )
+        self.admin_connections = ConnectionGuard(
+            "admin", limit=admin_cap, header_timeout=limits.header_timeout
+        )
         self._api = await _listen(
             build_api_app(self),
             self.config.listen.api,
+            self.api_connections,
             grace=grace,
+            idle_timeout=limits.api.idle_timeout,
             cancel_on_disconnect=True,
             # Even a request aiohttp cannot parse is answered in OpenAI's shape.
             runner_class=ApiRunner,
         )
         self._admin = await _listen(
-            build_admin_app(self), self.config.listen.admin, grace=1.0, cancel_on_disconnect=False
+            build_admin_app(self),
+            self.config.listen.admin,
+            self.admin_connections,
+            grace=1.0,
+            idle_timeout=limits.admin.idle_timeout,
+            cancel_on_disconnect=False,
         )
         for watcher in self._watchers:
             watcher.start()
@@ -249,6 +273,8 @@ class Sidecar:
                     "api": self.api_url,
                     "admin": self.admin_url,
                     "runtime": str(self.config.runtime),
+                    "api_max_connections": self.api_connections.limit,
+                    "admin_max_connections": self.admin_connections.limit,
                 }
             },
         )
@@ -274,11 +300,44 @@ class Sidecar:
         return _url(self._admin)
 
 
+_ACCEPT_BACKLOG = 32
+_ADMIN_CONNECTIONS = 64
+"""Admin cap when the config unsets it: probes and a scraper or two need few."""
+
+
+class _GuardedSite(web.TCPSite):
+    """A TCP site whose connections pass through a :class:`ConnectionGuard` first."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, backlog: int
+    ):
+        super().__init__(runner, host, port, backlog=backlog)
+        self._guard = guard
+
+    async def start(self) -> None:
+        # TCPSite.start with the guard's protocol factory in place of the
+        # runner's server; the base class's registration with the runner kept.
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._guard.wrap(self._runner),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
 async def _listen(
     app: web.Application,
     address: str,
+    guard: ConnectionGuard,
     *,
     grace: float,
+    idle_timeout: float,
     cancel_on_disconnect: bool,
     runner_class: type[web.AppRunner] = web.AppRunner,
 ) -> web.AppRunner:
@@ -292,9 +351,14 @@ async def _listen(
         # and dropped for at most this long before the connection closes: long
         # enough for the client to see the answer, short for a stalled client.
         lingering_time=1.0,
+        # aiohttp's default keeps an idle connection for an hour.
+        keepalive_timeout=idle_timeout,
     )
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    # asyncio accepts up to ``backlog`` connections per wake-up, each a
+    # descriptor until the guard sees it: a small backlog keeps a flood's
+    # burst from taking the descriptors calls need.
+    await _GuardedSite(runner, host, port, guard, backlog=_ACCEPT_BACKLOG).start()
     return runner
 
 
@@ -315,6 +379,7 @@ async def serve(config_path: Path) -> int:
     sidecar = Sidecar(config, config_path=config_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorThrottle(config.connections.accept_error_interval))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:

@@ -28,8 +28,10 @@ __all__ = [
     "DEFAULT_ADMIN_LISTEN",
     "DEFAULT_API_LISTEN",
     "DEFAULT_KEY_FILE",
+    "ConnectionSettings",
     "LimitSettings",
     "ListenSettings",
+    "ListenerLimits",
     "ModelSettings",
     "RuntimeRef",
     "SidecarConfig",
@@ -132,6 +134,50 @@ class LimitSettings(_Model):
     )
 
 
+class ListenerLimits(_Model):
+    """How long one listener keeps an idle connection and how many it keeps open."""
+
+    idle_timeout: Duration = Field(
+        gt=0,
+        description=(
+            "Seconds a kept-alive connection may wait for its next request (or trickle "
+            "one in) before it is closed."
+        ),
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Open connections at most; over it a new one replaces the longest-open idle "
+            "one, or is closed at once when all are busy. Unset: derived from the file "
+            "limit (API) so the API keeps descriptors whatever the admin port gets."
+        ),
+    )
+
+
+class ConnectionSettings(_Model):
+    """Bounds on client connections, so idle or slow clients cannot use up descriptors."""
+
+    header_timeout: Duration = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds a new connection may take to send its request line and headers; "
+            "closed after it."
+        ),
+    )
+    api: ListenerLimits = ListenerLimits(idle_timeout=60.0)
+    admin: ListenerLimits = ListenerLimits(idle_timeout=15.0, max_connections=64)
+    accept_error_interval: Duration = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "When descriptors run out, one 'cannot accept connections' log line per "
+            "this many seconds, with the count of those held back."
+        ),
+    )
+
+
 class WatchSettings(_Model):
     """How the key and config files are followed."""
 
@@ -152,6 +198,7 @@ class SidecarConfig(OpenAiConfig):
     listen: ListenSettings = ListenSettings()
     limits: LimitSettings = LimitSettings()
     watch: WatchSettings = WatchSettings()
+    connections: ConnectionSettings = ConnectionSettings()
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
