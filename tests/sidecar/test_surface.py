@@ -45,6 +45,14 @@ def assert_runtime_key(rec: Any) -> None:
     assert rec.key_fingerprint == fingerprint(OLD_KEY)
 
 
+async def azure_sidecar(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream, deployments: list[str], **overrides: Any
+) -> Sidecar:
+    """An Azure runtime on the fake's gpt-4o-prod that also serves ``deployments``."""
+    azure = {"endpoint": upstream.url, "deployment": "gpt-4o-prod", "deployments": deployments}
+    return await make_sidecar("azure", variant={"azure": azure}, **overrides)
+
+
 async def test_embeddings_are_accounted(
     sidecar: Sidecar,
     upstream: FakeUpstream,
@@ -227,15 +235,8 @@ async def test_creating_calls_are_not_repeated_once_upstream_may_have_seen_them(
 async def test_azure_routes_and_deployments(
     make_sidecar: SidecarFactory, upstream: FakeUpstream
 ) -> None:
-    sidecar = await make_sidecar(
-        "azure",
-        variant={
-            "azure": {
-                "endpoint": upstream.url,
-                "deployment": "gpt-4o-prod",
-                "deployments": ["gpt-4o-mini-prod", "text-embedding-3-small-prod"],
-            }
-        },
+    sidecar = await azure_sidecar(
+        make_sidecar, upstream, ["gpt-4o-mini-prod", "text-embedding-3-small-prod"]
     )
     # An app written for the OpenAI SDK: a model naming a served deployment chooses
     # it, anything else goes to the runtime's deployment; the runtime's api-version.
@@ -358,16 +359,7 @@ async def test_an_azure_sdk_app_reaches_every_route_of_the_resource(
         "tts-prod",
         "dall-e-3-prod",
     ]
-    sidecar = await make_sidecar(
-        "azure",
-        variant={
-            "azure": {
-                "endpoint": upstream.url,
-                "deployment": "gpt-4o-prod",
-                "deployments": deployments,
-            }
-        },
-    )
+    sidecar = await azure_sidecar(make_sidecar, upstream, deployments)
     version = "2025-03-01-preview"
     async with openai.AsyncAzureOpenAI(
         azure_endpoint=sidecar.api_url, api_key=APP_KEY, api_version=version, max_retries=0
@@ -438,16 +430,7 @@ async def test_azure_v1_routes_keep_their_shape(
     make_sidecar: SidecarFactory, upstream: FakeUpstream
 ) -> None:
     """An app on Azure's GA ``/openai/v1`` routes (the OpenAI SDK, base URL on the resource)."""
-    sidecar = await make_sidecar(
-        "azure",
-        variant={
-            "azure": {
-                "endpoint": upstream.url,
-                "deployment": "gpt-4o-prod",
-                "deployments": ["text-embedding-3-small-prod"],
-            }
-        },
-    )
+    sidecar = await azure_sidecar(make_sidecar, upstream, ["text-embedding-3-small-prod"])
     async with openai.AsyncOpenAI(
         base_url=sidecar.api_url + "/openai/v1", api_key=APP_KEY, max_retries=0
     ) as client:
@@ -491,16 +474,8 @@ async def test_a_deployment_route_needs_no_model_in_the_body(
     make_sidecar: SidecarFactory, upstream: FakeUpstream
 ) -> None:
     """As on Azure: the deployment in the URL chooses the model."""
-    sidecar = await make_sidecar(
-        "azure",
-        variant={
-            "azure": {
-                "endpoint": upstream.url,
-                "deployment": "gpt-4o-prod",
-                "deployments": ["text-embedding-3-small-prod"],
-            }
-        },
-        models={"allow": ["gpt-4o-mini"]},
+    sidecar = await azure_sidecar(
+        make_sidecar, upstream, ["text-embedding-3-small-prod"], models={"allow": ["gpt-4o-mini"]}
     )
     base = sidecar.api_url + "/openai/deployments"
     query = "?api-version=2024-10-21"
