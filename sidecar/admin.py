@@ -4,16 +4,27 @@ Bound to ``0.0.0.0:9464`` so kubelet and Prometheus can reach it. It answers
 about the sidecar, never for it: nothing here can spend the key, and nothing
 here ever shows it (the credential appears as its fingerprint only).
 
+The port is open to the whole pod network without authentication, so what
+it tells depends on who asks, decided per request from the connection's
+peer address (never from headers such as ``X-Forwarded-For``, which anyone
+can send):
+
 - ``/healthz``: the process is alive and its loop turns.
 - ``/readyz``: a config is loaded and a credential is present, and the
   sidecar is not shutting down. An open circuit is reported, not a reason to
   go unready: taking the pod out of its Service would not heal upstream.
-- ``/metrics``: Prometheus text.
-- ``/status``: JSON for humans and for the operator's convergence report.
+  Over the network only ``ready`` and reason ``codes``; from loopback also
+  the reasons in words (they name the key file) and the circuit state.
+- ``/metrics``: Prometheus text, to anyone (its labels carry no secrets).
+- ``/status``: from loopback (``kubectl exec``, a debug container) the full
+  JSON for humans; over the network only what the operator's convergence
+  check reads, ``credential.fingerprint``: no upstream URL, deployment, key
+  file path, spend or reload errors.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +33,34 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .app import Sidecar
 
-__all__ = ["build_admin_app", "status_document"]
+__all__ = [
+    "build_admin_app",
+    "is_loopback_peer",
+    "network_status_document",
+    "status_document",
+    "unready_codes",
+]
+
+
+def is_loopback_peer(request: web.BaseRequest) -> bool:
+    """Whether the connection comes from this pod's own network namespace.
+
+    Read from the socket's peer address, not ``request.remote`` (which
+    ``request.clone(remote=...)`` or a forwarding middleware may rewrite) and
+    never from a header. Anything unknown counts as the network: fail closed.
+    """
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return False
+    try:
+        address = ipaddress.ip_address(peer[0].split("%", 1)[0])  # drop an IPv6 zone
+    except ValueError:
+        return False
+    # A dual-stack ``[::]`` listener sees IPv4 loopback as ``::ffff:127.0.0.1``.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def status_document(sidecar: Sidecar) -> dict[str, Any]:
@@ -54,17 +92,49 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
     }
 
 
+def network_status_document(sidecar: Sidecar) -> dict[str, Any]:
+    """What ``/status`` shows off loopback: what the operator's convergence reads, only.
+
+    The operator (``openai_runtime_operator.convergence``) asks each pod over
+    the pod network for ``credential.fingerprint`` and reads nothing else; a
+    field added here is shown to every pod in the cluster.
+    """
+    snapshot = sidecar.credentials.current
+    return {"credential": {"fingerprint": snapshot.fingerprint if snapshot else None}}
+
+
+_REASON_CODES = (
+    ("shutting down", "shutting_down"),
+    ("no API key", "no_credential"),
+    ("API listener not started", "api_not_listening"),
+)
+"""Leading words of :meth:`Sidecar.unready_reasons` and the code each shows as."""
+
+
+def unready_codes(reasons: list[str]) -> list[str]:
+    """The worded unready reasons as fixed codes, safe to show anyone.
+
+    The words name the key file, so the network gets these instead: one code
+    per reason, in order, so ``ready`` and the codes never disagree. A reason
+    this table does not know shows as ``unready`` rather than in words.
+    """
+    codes = []
+    for reason in reasons:
+        code = next((c for prefix, c in _REASON_CODES if reason.startswith(prefix)), "unready")
+        codes.append(code)
+    return codes
+
+
 def build_admin_app(sidecar: Sidecar) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
         reasons = sidecar.unready_reasons()
-        body = {
-            "ready": not reasons,
-            "reasons": reasons,
-            "circuit": sidecar.runner.breaker.state.value,
-        }
+        body: dict[str, Any] = {"ready": not reasons, "codes": unready_codes(reasons)}
+        if is_loopback_peer(request):
+            body["reasons"] = reasons
+            body["circuit"] = sidecar.runner.breaker.state.value
         return web.json_response(body, status=200 if not reasons else 503)
 
     async def metrics(request: web.Request) -> web.Response:
@@ -74,7 +144,9 @@ def build_admin_app(sidecar: Sidecar) -> web.Application:
         )
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(status_document(sidecar))
+        if is_loopback_peer(request):
+            return web.json_response(status_document(sidecar))
+        return web.json_response(network_status_document(sidecar))
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
