@@ -254,6 +254,8 @@ class Sidecar:
             cancel_on_disconnect=True,
             # Even a request aiohttp cannot parse is answered in OpenAI's shape.
             runner_class=ApiRunner,
+            # Loopback only: the pod's own apps, whose bursts must not wait on SYN retries.
+            backlog=_API_BACKLOG,
         )
         self._admin = await _listen(
             build_admin_app(self),
@@ -301,6 +303,7 @@ class Sidecar:
 
 
 _ACCEPT_BACKLOG = 32
+_API_BACKLOG = 128
 _ADMIN_CONNECTIONS = 64
 """Admin cap when the config unsets it: probes and a scraper or two need few."""
 
@@ -340,6 +343,7 @@ async def _listen(
     idle_timeout: float,
     cancel_on_disconnect: bool,
     runner_class: type[web.AppRunner] = web.AppRunner,
+    backlog: int = _ACCEPT_BACKLOG,
 ) -> web.AppRunner:
     host, port = parse_listen(address)
     runner = runner_class(
@@ -356,9 +360,9 @@ async def _listen(
     )
     await runner.setup()
     # asyncio accepts up to ``backlog`` connections per wake-up, each a
-    # descriptor until the guard sees it: a small backlog keeps a flood's
-    # burst from taking the descriptors calls need.
-    await _GuardedSite(runner, host, port, guard, backlog=_ACCEPT_BACKLOG).start()
+    # descriptor until the guard sees it: a small backlog on the admin port
+    # keeps a flood's burst from taking the descriptors calls need.
+    await _GuardedSite(runner, host, port, guard, backlog=backlog).start()
     return runner
 
 
