@@ -5,7 +5,8 @@ it gave kopf here; reconciliation and the Secret watch then take their
 :class:`~.kubeapi.KubeApi` from it, and a per-runtime lock so that the two
 never compute a runtime's status from each other's half-written state.
 It also carries the operator's telemetry (:mod:`.telemetry`), how to ask the
-sidecars for convergence (:mod:`.convergence`) and the background tasks
+sidecars for convergence (:mod:`.convergence`), whom the sidecars' admin
+port admits (:mod:`.networking`) and the background tasks
 (the resync loop, convergence follow-ups) that :meth:`OperatorContext.close` ends.
 """
 
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from .convergence import ConvergenceSettings
 from .kubeapi import KubeApi
+from .networking import NetworkPolicySettings
 from .serving import start_admin_server
 from .telemetry import OperatorTelemetry
 
@@ -43,6 +45,8 @@ class OperatorContext:
     """The port the metrics server bound, once it runs."""
     workers: int = 16
     """At most this many handler calls (reconciliations, Secret events) at once."""
+    network_policy: NetworkPolicySettings | None = None
+    """The per-runtime NetworkPolicy on the sidecars' admin port; None renders none."""
     webhook_listening: asyncio.Event | None = None
     """Set while the admission webhook listens; None when this replica serves none."""
     _metrics_runner: web.AppRunner | None = field(default=None, repr=False)

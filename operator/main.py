@@ -4,7 +4,8 @@ Parses the command line, sets up JSON logs (the sidecar's formatter), builds
 the handler registry (:mod:`.registry`) and runs kopf until SIGTERM/SIGINT:
 peering on unless ``--standalone`` (so only one replica acts), bounded worker
 concurrency, an optional liveness endpoint for the Deployment's probe, and
-Prometheus metrics on ``--metrics-port`` (:mod:`.telemetry`), and with
+Prometheus metrics on ``--metrics-port`` (:mod:`.telemetry`), the sidecars'
+NetworkPolicy unless ``--no-sidecar-network-policy`` (:mod:`.networking`), and with
 ``--webhook-port`` the sidecar-injecting admission webhook over TLS
 (:mod:`.webhooking` prepares its certificate before kopf starts).
 """
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -32,12 +34,15 @@ from .context import OperatorContext
 from .convergence import ConvergenceSettings
 from .injecting import NamespacedWebhookServer
 from .kubeapi import KubeApi, KubeApiError, service_account_token_source
+from .networking import NetworkPolicySettings
 from .peering import PeeringSettings, own_identity, random_priority
 from .registry import LoginFn, build_registry, build_settings, default_login
 from .telemetry import export_traces_from_env
 from .webhooking import SelfSignedSettings, prepare_webhook, server_from_cert_dir
 
-__all__ = ["build_parser", "build_webhook_server", "main"]
+__all__ = ["build_parser", "build_webhook_server", "main", "network_policy_settings"]
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=9464,
         metavar="PORT",
         help="where sidecars answer GET /status, for convergence (default %(default)s)",
+    )
+    parser.add_argument(
+        "--sidecar-network-policy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="give each runtime a NetworkPolicy admitting the sidecars' admin port only from "
+        "the operator's namespace and --monitoring-namespace, every other port from anywhere "
+        "(default: on; turning it off leaves existing policies in place)",
+    )
+    parser.add_argument(
+        "--monitoring-namespace",
+        action="append",
+        default=None,
+        metavar="NS",
+        help="a namespace whose pods (Prometheus) may scrape the sidecars' admin port "
+        "(repeatable; default: monitoring)",
     )
     parser.add_argument(
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
@@ -305,6 +326,32 @@ async def _operate(
     return 0
 
 
+def network_policy_settings(
+    args: argparse.Namespace, log: logging.Logger
+) -> NetworkPolicySettings | None:
+    """The sidecars' NetworkPolicy that ``args`` ask for; None for none.
+
+    The policy must admit the operator's own namespace, or its convergence
+    checks could not reach the sidecars: without one known (no POD_NAMESPACE
+    nor --webhook-namespace, e.g. run from a laptop), no policy is made.
+    """
+    if not args.sidecar_network_policy:
+        return None
+    namespace = args.webhook_namespace or os.environ.get("POD_NAMESPACE")
+    if not namespace:
+        log.warning(
+            "No sidecar NetworkPolicy: the operator's namespace is unknown "
+            "(set POD_NAMESPACE or --webhook-namespace, or pass --no-sidecar-network-policy)"
+        )
+        return None
+    return NetworkPolicySettings(
+        operator_namespace=namespace,
+        # append with a list default would add to the default instead of replacing it.
+        monitoring_namespaces=tuple(args.monitoring_namespace or ["monitoring"]),
+        port=args.sidecar_admin_port,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -322,6 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         if not 0 <= port <= 65535 or (port == 0 and flag == "--sidecar-admin-port"):
             parser.error(f"{flag} must be a TCP port")
+    for ns in args.monitoring_namespace or ():
+        # A bad name would only surface as every runtime's policy being refused.
+        if not DNS_LABEL.fullmatch(ns):
+            parser.error(f"--monitoring-namespace {ns!r} is not a namespace name")
     if not 0 <= args.webhook_port <= 65535:
         parser.error("--webhook-port must be a TCP port")
     if args.webhook_port and not args.webhook_cert_dir:
@@ -343,14 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         standalone=args.standalone,
         namespaces=tuple(namespaces),
     )
+    log = logging.getLogger(__name__)
     ctx = OperatorContext(
         resync_interval=args.resync_interval,
         workers=args.workers,
         token_source=service_account_token_source(),
         convergence=ConvergenceSettings(port=args.sidecar_admin_port),
+        network_policy=network_policy_settings(args, log),
         metrics_address=("0.0.0.0", args.metrics_port) if args.metrics_port else None,
     )
-    log = logging.getLogger(__name__)
     log.info(
         "Starting the openai-runtime operator",
         extra={

@@ -4,9 +4,10 @@ kopf calls :func:`reconcile` when a runtime is created, updated or found on
 start-up (resume), and from the resync loop (:mod:`.resync`). It validates the spec with
 the pydantic model, renders the sidecar config into the ConfigMap
 ``<runtime>-openai-runtime`` (owned by the runtime, created or patched only
-when it differs) and looks up the referenced Secret key, all as the
-observation of :func:`.status.write_status`, which writes the status itself
-under the runtime's lock (never through handler results, which kopf would
+when it differs), likewise the NetworkPolicy fencing off the sidecars' admin
+port (:mod:`.networking`, unless switched off), and looks up the referenced
+Secret key, all as the observation of :func:`.status.write_status`, which
+writes the status itself under the runtime's lock (never through handler results, which kopf would
 store under ``status`` where the CRD's schema prunes them).
 
 An invalid spec is a verdict, not a failure: Ready=False with reason
@@ -33,6 +34,12 @@ from .models import (
     CONDITION_READY,
     OpenAiRuntimeSpec,
     render_sidecar_config,
+)
+from .networking import (
+    NetworkPolicySettings,
+    ensure_network_policy,
+    network_policy_name,
+    render_network_policy,
 )
 from .posting import post_event
 from .rotation import after_rotation, as_body, warn_unresolved
@@ -143,6 +150,33 @@ async def ensure_configmap(ctx: OperatorContext, desired: Mapping[str, Any]) -> 
     return "patched"
 
 
+async def _ensure_network_policy(
+    ctx: OperatorContext,
+    settings: NetworkPolicySettings,
+    owner: Mapping[str, Any],
+    namespace: str,
+    name: str,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    policy = render_network_policy(owner, namespace, name, settings)
+    try:
+        outcome = await ensure_network_policy(ctx, policy)
+    except KubeApiError as exc:
+        if exc.status != 403:
+            raise
+        # An upgrade that kept the old RBAC: the runtime's config and status
+        # matter more than the fence, so say what is missing and go on.
+        logger.warning(
+            "Cannot write NetworkPolicy %s (%s): grant networkpolicies get, create, patch "
+            "or run with --no-sidecar-network-policy",
+            network_policy_name(name),
+            exc,
+        )
+        return
+    if outcome != "unchanged":
+        logger.info("NetworkPolicy %s %s", network_policy_name(name), outcome)
+
+
 async def fetch_secret(ctx: OperatorContext, namespace: str, name: str) -> dict[str, Any] | None:
     return await ctx.api.get(resource_path("v1", "secrets", namespace, name))
 
@@ -227,6 +261,12 @@ async def _reconcile(
             outcome = await ensure_configmap(ctx, desired)
             if outcome != "unchanged":
                 logger.info("ConfigMap %s %s", configmap_name(name), outcome)
+            if ctx.network_policy is not None:
+                # Switched off, existing policies stay: deleting them is left to
+                # whoever switched it off (the runtime's deletion still removes them).
+                await _ensure_network_policy(
+                    ctx, ctx.network_policy, owner, namespace, name, logger
+                )
         resolution: CredentialResolution | None = None
         if ref is not None:
             secret = await fetch_secret(ctx, namespace, ref[0])

@@ -441,9 +441,27 @@ def test_default_args(objects: Any) -> None:
         "--resync-interval": "300",
         "--metrics-port": "9465",
         "--sidecar-admin-port": "9464",
+        "--monitoring-namespace": "monitoring",
         "--log-level": "INFO",
     }
     assert len(args) == len(set(args))
+
+
+def test_default_network_policy_is_deploys(objects: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/ relies on the operator's defaults where the chart spells them out."""
+    import logging
+
+    from openai_runtime_operator.main import build_parser, network_policy_settings
+    from openai_runtime_operator.networking import NetworkPolicySettings
+
+    monkeypatch.setenv("POD_NAMESPACE", NAMESPACE)
+
+    def settings(objs: list[Obj]) -> NetworkPolicySettings | None:
+        args = build_parser().parse_args(_container(objs)["args"][1:])
+        return network_policy_settings(args, logging.getLogger(__name__))
+
+    want = NetworkPolicySettings(NAMESPACE, ("monitoring",), 9464)
+    assert settings(objects("default")) == settings(_deploy_objects()) == want
 
 
 def test_default_args_name_the_rendered_objects(objects: Any) -> None:
@@ -569,6 +587,39 @@ def test_namespaced_grants_namespaced_rights_only_in_the_watched_namespaces(obje
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
         ]
+
+
+NETWORK_POLICIES = ("networking.k8s.io", "networkpolicies")
+
+
+def test_network_policy_rights_follow_the_value(chart: Any, objects: Any) -> None:
+    """The operator writes the sidecars' NetworkPolicies; switched off, it may not."""
+    default = _grants(_one(objects("default"), "ClusterRole")["rules"])
+    assert default[NETWORK_POLICIES] == {"get", "create", "patch"}
+    namespaced = objects("namespaced")
+    assert NETWORK_POLICIES not in _grants(_one(namespaced, "ClusterRole")["rules"])
+    for role in filter(_is_watched_namespace_rbac, _find(namespaced, "Role")):
+        assert _grants(role["rules"])[NETWORK_POLICIES] == {"get", "create", "patch"}
+
+    for scope in ({}, {"watchNamespaces": ["a"]}):
+        values = {**scope, "sidecarNetworkPolicy": {"enabled": False}}
+        objs = _objects_of(chart.render(values, name=RELEASE, namespace=NAMESPACE))
+        for rbac in [*_find(objs, "ClusterRole"), *_find(objs, "Role")]:
+            assert NETWORK_POLICIES not in _grants(rbac["rules"]), rbac["metadata"]
+        args = _container(objs)["args"]
+        assert "--no-sidecar-network-policy" in args
+        assert "--monitoring-namespace" not in _flags(args)
+
+
+def test_network_policy_monitoring_namespaces(chart: Any) -> None:
+    values = {"sidecarNetworkPolicy": {"enabled": True, "monitoringNamespaces": ["prom", "obs"]}}
+    objs = _objects_of(chart.render(values, name=RELEASE, namespace=NAMESPACE))
+    args = _container(objs)["args"]
+    assert [a for a in args if a.startswith("--monitoring-namespace")] == [
+        "--monitoring-namespace=prom",
+        "--monitoring-namespace=obs",
+    ]
+    assert "--no-sidecar-network-policy" not in args
 
 
 def test_namespaced_operator_still_reads_its_own_certificate(objects: Any) -> None:
@@ -904,6 +955,10 @@ BAD_VALUES = {
     "monitor-interval": {"metrics": {"serviceMonitor": {"interval": "30 seconds"}}},
     "security-context-unknown": {"securityContext": {"runAsRoot": True}},
     "labels-not-strings": {"podLabels": {"team": 1}},
+    "network-policy-enabled-string": {"sidecarNetworkPolicy": {"enabled": "yes"}},
+    "network-policy-no-monitoring": {"sidecarNetworkPolicy": {"monitoringNamespaces": []}},
+    "network-policy-bad-namespace": {"sidecarNetworkPolicy": {"monitoringNamespaces": ["Mon"]}},
+    "network-policy-unknown": {"sidecarNetworkPolicy": {"ports": [9464]}},
 }
 
 

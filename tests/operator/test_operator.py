@@ -157,6 +157,7 @@ def declare(kmock: Any) -> Any:
         ("v1/namespaces", "Namespace"),
         ("v1/secrets", "Secret"),
         ("v1/configmaps", "ConfigMap"),
+        ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy"),
         ("v1/pods", "Pod"),
         ("v1/events", "Event"),
         (RUNTIMES, KIND),

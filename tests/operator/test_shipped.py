@@ -58,6 +58,7 @@ def declare(kmock: Any, *, peering: bool = True) -> None:
         ("v1/namespaces", "Namespace", False, []),
         ("v1/secrets", "Secret", True, []),
         ("v1/configmaps", "ConfigMap", True, []),
+        ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, []),
         ("v1/pods", "Pod", True, []),
         ("v1/events", "Event", True, []),
         (RUNTIMES, KIND, True, ["status"]),
@@ -225,6 +226,17 @@ async def test_two_replicas_one_acts_the_other_takes_over(
     await eventually(lambda: ready_condition(kmock, APPS, "one"), "runtime one Ready", 15, replicas)
     configmap = kmock.objects["v1/configmaps", APPS, "one-openai-runtime"]
     assert configmap is not None
+    # deploy/ leaves the sidecars' NetworkPolicy on; POD_NAMESPACE names the operator's.
+    policy = kmock.objects["networking.k8s.io/v1/networkpolicies", APPS, "one-openai-runtime-admin"]
+    peers = [
+        p["namespaceSelector"]["matchLabels"]
+        for r in policy.raw["spec"]["ingress"]
+        for p in r.get("from", [])
+    ]
+    assert peers == [
+        {"kubernetes.io/metadata.name": OPERATOR_NS},
+        {"kubernetes.io/metadata.name": "monitoring"},
+    ]
     # Several resync passes of the acting replica later, the paused one has still
     # not touched the namespace: no handler and no resync ran there.
     await eventually(

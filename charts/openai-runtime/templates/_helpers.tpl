@@ -197,4 +197,11 @@ install, in a Role per watched namespace with watchNamespaces.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.sidecarNetworkPolicy.enabled }}
+# Fence off the sidecars' admin port: one NetworkPolicy per runtime in its
+# namespace, owned by it like the ConfigMap (no delete, no finalizers).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
+{{- end }}
 {{- end }}
