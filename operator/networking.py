@@ -29,12 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import kopf
-
-from .kubeapi import KubeApiError, resource_path
 from .models import LABEL_RUNTIME
+from .owning import existing_or_created, metadata_in_place, metadata_patch, own
 
 if TYPE_CHECKING:
     from .context import OperatorContext
@@ -121,50 +119,22 @@ def render_network_policy(
             ],
         },
     }
-    # As for the ConfigMap: garbage collection deletes it with the runtime, and
-    # blockOwnerDeletion: true would need update on openairuntimes/finalizers
-    # under OwnerReferencesPermissionEnforcement.
-    kopf.append_owner_reference(body, owner=_as_body(owner), block_owner_deletion=False)
+    own(body, owner)
     return body
-
-
-def _as_body(owner: Mapping[str, Any]) -> kopf.Body:
-    return kopf.Body(cast(kopf.RawBody, dict(owner)))
-
-
-def _owned_by(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    refs = existing.get("metadata", {}).get("ownerReferences") or []
-    return any(isinstance(ref, Mapping) and dict(ref) == dict(desired) for ref in refs)
 
 
 async def ensure_network_policy(ctx: OperatorContext, desired: Mapping[str, Any]) -> str:
     """Create the policy, or patch it where it differs; ``created``/``patched``/``unchanged``."""
-    meta = desired["metadata"]
-    collection = resource_path(NETWORK_POLICY_API, "networkpolicies", meta["namespace"])
-    path = resource_path(NETWORK_POLICY_API, "networkpolicies", meta["namespace"], meta["name"])
-    existing = await ctx.api.get(path)
+    path, existing = await existing_or_created(
+        ctx.api, NETWORK_POLICY_API, "networkpolicies", desired
+    )
     if existing is None:
-        try:
-            await ctx.api.create(collection, desired)
-            return "created"
-        except KubeApiError as exc:
-            if exc.status != 409:
-                raise
-            existing = await ctx.api.get(path) or {}
+        return "created"
     spec = existing.get("spec") or {}
-    labels = existing.get("metadata", {}).get("labels") or {}
-    owner = meta["ownerReferences"][0]
-    if (
-        all(spec.get(k) == v for k, v in desired["spec"].items())
-        and _owned_by(existing, owner)
-        and all(labels.get(k) == v for k, v in meta["labels"].items())
+    if all(spec.get(k) == v for k, v in desired["spec"].items()) and metadata_in_place(
+        existing, desired
     ):
         return "unchanged"
-    refs = [
-        r
-        for r in existing.get("metadata", {}).get("ownerReferences") or []
-        if isinstance(r, Mapping) and r.get("uid") != owner.get("uid")
-    ]
     # podSelector is replaced as a whole (its other keys and labels nulled): a
     # merge patch would keep what someone added, and select fewer pods.
     current = spec.get("podSelector") or {}
@@ -176,7 +146,7 @@ async def ensure_network_policy(ctx: OperatorContext, desired: Mapping[str, Any]
     await ctx.api.merge_patch(
         path,
         {
-            "metadata": {"labels": meta["labels"], "ownerReferences": [*refs, owner]},
+            "metadata": metadata_patch(existing, desired),
             # Lists (policyTypes, ingress) are replaced whole by a merge patch.
             "spec": {**desired["spec"], "podSelector": selector},
         },

@@ -41,8 +41,9 @@ from .networking import (
     network_policy_name,
     render_network_policy,
 )
+from .owning import existing_or_created, metadata_in_place, metadata_patch, own
 from .posting import post_event
-from .rotation import after_rotation, as_body, warn_unresolved
+from .rotation import after_rotation, warn_unresolved
 from .status import (
     CredentialResolution,
     Observation,
@@ -95,55 +96,22 @@ def render_configmap(
         },
         "data": {CONFIG_KEY: text},
     }
-    # Not blocking: garbage collection deletes the ConfigMap with its runtime all
-    # the same, and blockOwnerDeletion: true would need `update` on
-    # openairuntimes/finalizers wherever OwnerReferencesPermissionEnforcement
-    # runs (OpenShift turns it on).
-    kopf.append_owner_reference(body, owner=as_body(owner), block_owner_deletion=False)
+    own(body, owner)
     return body
-
-
-def _owned_by(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """``existing`` carries exactly the desired reference (an older, blocking one is redone)."""
-    refs = existing.get("metadata", {}).get("ownerReferences") or []
-    return any(isinstance(ref, Mapping) and dict(ref) == dict(desired) for ref in refs)
 
 
 async def ensure_configmap(ctx: OperatorContext, desired: Mapping[str, Any]) -> str:
     """Create the ConfigMap, or patch it where it differs; ``created``/``patched``/``unchanged``."""
-    meta = desired["metadata"]
-    collection = resource_path("v1", "configmaps", meta["namespace"])
-    path = resource_path("v1", "configmaps", meta["namespace"], meta["name"])
-    existing = await ctx.api.get(path)
+    path, existing = await existing_or_created(ctx.api, "v1", "configmaps", desired)
     if existing is None:
-        try:
-            await ctx.api.create(collection, desired)
-            return "created"
-        except KubeApiError as exc:
-            if exc.status != 409:
-                raise
-            existing = await ctx.api.get(path) or {}
+        return "created"
     data = existing.get("data") or {}
-    labels = existing.get("metadata", {}).get("labels") or {}
-    uid = meta["ownerReferences"][0].get("uid")
-    if (
-        data == desired["data"]
-        and _owned_by(existing, meta["ownerReferences"][0])
-        and all(labels.get(k) == v for k, v in meta["labels"].items())
-    ):
+    if data == desired["data"] and metadata_in_place(existing, desired):
         return "unchanged"
-    refs = [
-        r
-        for r in existing.get("metadata", {}).get("ownerReferences") or []
-        if isinstance(r, Mapping) and r.get("uid") != uid
-    ]
     await ctx.api.merge_patch(
         path,
         {
-            "metadata": {
-                "labels": meta["labels"],
-                "ownerReferences": [*refs, *meta["ownerReferences"]],
-            },
+            "metadata": metadata_patch(existing, desired),
             "data": {**{k: None for k in data if k not in desired["data"]}, **desired["data"]},
         },
     )
