@@ -9,7 +9,7 @@ request. Neither holds prompt or completion text: only counts, names and ids.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import RunnerError
@@ -144,30 +144,13 @@ class CallLedger:
     cost: Cost | None = None
 
     def conclude(self, *, now: float, error: RunnerError | None = None) -> CallOutcome:
-        """The call's outcome as of ``now`` (the runner's monotonic clock)."""
-        return CallOutcome(
-            stream=self.stream,
-            variant=self.variant,
-            server_address=self.server_address,
-            request_model=self.request_model,
-            usage_requested=self.usage_requested,
-            response_model=self.response_model,
-            response_id=self.response_id,
-            request_id=self.request_id,
-            status=self.status,
-            usage=self.usage,
-            usage_estimated=self.usage_estimated,
-            finish_reasons=self.finish_reasons,
-            processing_ms=self.processing_ms,
-            rate_limits=self.rate_limits,
-            attempts=self.attempts,
-            credential_fingerprint=self.credential_fingerprint,
-            started_at=self.started_at,
-            time_to_first_byte=self.time_to_first_byte,
-            duration=now - self.started_at,
-            cost=self.cost,
-            error=error,
-        )
+        """The call's outcome as of ``now`` (the runner's monotonic clock).
+
+        Every field of the ledger is one of the outcome's, so they are copied
+        by name: a field added to both cannot be forgotten here.
+        """
+        kept = {name: getattr(self, name) for name in _LEDGER_FIELDS}
+        return CallOutcome(**kept, duration=now - self.started_at, error=error)
 
 
 @dataclass(slots=True)
@@ -179,3 +162,6 @@ class ChatResult:
     body: bytes
     payload: dict[str, Any]
     outcome: CallOutcome
+
+
+_LEDGER_FIELDS = tuple(f.name for f in fields(CallLedger))
