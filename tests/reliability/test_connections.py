@@ -33,7 +33,7 @@ from openai_runtime_sidecar.listening import (
 )
 from openai_runtime_sidecar.telemetry import Telemetry
 
-from ..sidecar.test_lifecycle import CLI, SidecarProcess, child_env, write_config
+from ..sidecar.test_lifecycle import SidecarProcess, write_config
 from ..support import SecretVolume
 
 HEADER_TIMEOUT = 0.3
@@ -300,20 +300,7 @@ async def test_a_flood_past_the_file_limit_leaves_the_api_and_probes_working(
         f"resource.setrlimit(resource.RLIMIT_NOFILE, ({NOFILE}, {NOFILE})); "
         "os.execv(sys.argv[1], sys.argv[1:])"
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        launcher,
-        str(CLI),
-        "sidecar",
-        "--config",
-        str(config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=child_env(),
-    )
-    sidecar = SidecarProcess(proc)
+    sidecar = await SidecarProcess.start(config, launcher=(sys.executable, "-c", launcher))
     flood: list[asyncio.StreamWriter] = []
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +96,10 @@ class SidecarProcess:
         self._reader = asyncio.create_task(self._read_stderr())
 
     @classmethod
-    async def start(cls, config: Path) -> SidecarProcess:
+    async def start(cls, config: Path, *, launcher: Sequence[str] = ()) -> SidecarProcess:
+        """The console script on ``config``; ``launcher`` runs first and execs it (e.g. limits)."""
         proc = await asyncio.create_subprocess_exec(
+            *launcher,
             str(CLI),
             "sidecar",
             "--config",
