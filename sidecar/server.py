@@ -26,6 +26,7 @@ from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from .config import LimitSettings
 from .logs import request_fields
 from .runner import (
     CallOutcome,
@@ -49,6 +50,7 @@ __all__ = [
     "model_deployment",
     "openai_error",
     "passthrough",
+    "read_body",
     "settle",
     "url_deployment",
 ]
@@ -231,6 +233,29 @@ def settle(
     log.info("request", extra={"fields": fields})
 
 
+async def read_body(request: web.Request, limits: LimitSettings) -> bytes:
+    """A body kept in memory, within ``limits``: :class:`BadRequest` says what went wrong."""
+    try:
+        async with asyncio.timeout(limits.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise BadRequest(
+            f"The request body did not arrive within {limits.body_timeout:g} seconds.",
+            "request_timeout",
+            status=408,
+            close=True,
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest(
+            f"The request body exceeds the sidecar's limit of {limits.max_request_bytes} bytes.",
+            "request_too_large",
+            status=413,
+        ) from None
+    except web.RequestPayloadError:
+        # The body arrived but cannot be decoded (a broken Content-Encoding).
+        raise BadRequest("The request body could not be decoded.", "invalid_body") from None
+
+
 def url_deployment(variant: object, name: str | None) -> str | None:
     """The Azure deployment an Azure-style URL names; refused unless the runtime serves it.
 
@@ -308,27 +333,7 @@ class ApiHandlers:
         body may name none, as on Azure.
         """
         config = self.sidecar.config
-        try:
-            async with asyncio.timeout(config.limits.body_timeout):
-                raw = await request.read()
-        except TimeoutError:
-            raise BadRequest(
-                f"The request body did not arrive within {config.limits.body_timeout:g} seconds.",
-                "request_timeout",
-                status=408,
-                close=True,
-            ) from None
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(
-                "The request body exceeds the sidecar's limit of "
-                f"{config.limits.max_request_bytes} bytes.",
-                "request_too_large",
-                status=413,
-            ) from None
-        except web.RequestPayloadError:
-            # The body arrived but cannot be decoded (a broken Content-Encoding).
-            raise BadRequest("The request body could not be decoded.", "invalid_body") from None
-        body = parse_chat_body(raw)
+        body = parse_chat_body(await read_body(request, config.limits))
         models = config.models
         if not model_required and not body.get("model"):
             return body

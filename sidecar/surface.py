@@ -34,6 +34,7 @@ from .server import (
     forward_headers,
     model_deployment,
     passthrough,
+    read_body,
     settle,
     url_deployment,
 )
@@ -190,25 +191,7 @@ class SurfaceHandlers:
                     status=413,
                 )
             return _Upload(request, limits.max_upload_bytes, limits.body_timeout), None
-        try:
-            async with asyncio.timeout(limits.body_timeout):
-                raw = await request.read()
-        except TimeoutError:
-            raise BadRequest(
-                f"The request body did not arrive within {limits.body_timeout:g} seconds.",
-                "request_timeout",
-                status=408,
-                close=True,
-            ) from None
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(
-                f"The request body exceeds the sidecar's limit of {limits.max_request_bytes} "
-                "bytes.",
-                "request_too_large",
-                status=413,
-            ) from None
-        except web.RequestPayloadError:
-            raise BadRequest("The request body could not be decoded.", "invalid_body") from None
+        raw = await read_body(request, limits)
         if not raw:
             return None, None
         try:
