@@ -28,6 +28,7 @@ from aiohttp import web
 from .runner import RunnerError
 from .runner.operations import Operation, operation_for
 from .runner.proxying import ProxiedCall, ProxyRequest, proxy
+from .runner.streaming import ask_for_usage
 from .server import (
     BadRequest,
     error_response,
@@ -254,11 +255,8 @@ def _ask_for_usage(
     """
     if operation.name != "completions" or not payload or payload.get("stream") is not True:
         return body, False
-    options = payload.get("stream_options")
-    options = dict(options) if isinstance(options, dict) else {}
-    requested = options.get("include_usage") is True
-    options["include_usage"] = True
-    rewritten = {**payload, "stream_options": options}
+    rewritten = dict(payload)
+    requested = ask_for_usage(rewritten)
     return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode(), not requested
 
 

@@ -47,7 +47,7 @@ from .pricing import Cost, PricingTable
 from .ratelimit import RateLimiter, RatePermit
 from .results import Answered, CallLedger, CallOutcome, ChatResult, Usage
 from .retrying import RetryPolicy
-from .streaming import ChatStream, StreamAttempt, open_stream
+from .streaming import ChatStream, StreamAttempt, ask_for_usage, open_stream
 from .tokens import estimate_prompt_tokens, max_output_tokens
 from .transport import Transport
 
@@ -172,12 +172,8 @@ class OpenAiRunner:
             payload["stream"] = False
             payload.pop("stream_options", None)
         if stream:
-            options = payload.get("stream_options")
-            options = dict(options) if isinstance(options, dict) else {}
-            ledger.usage_requested = options.get("include_usage") is True
-            options["include_usage"] = True
             payload["stream"] = True
-            payload["stream_options"] = options
+            ledger.usage_requested = ask_for_usage(payload)
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def _headers(

@@ -28,7 +28,21 @@ from .transport import UpstreamResponse
 if TYPE_CHECKING:
     from .runner import OpenAiRunner
 
-__all__ = ["COST_FIELD", "ChatStream", "Pricer", "StreamAttempt", "open_stream"]
+__all__ = ["COST_FIELD", "ChatStream", "Pricer", "StreamAttempt", "ask_for_usage", "open_stream"]
+
+
+def ask_for_usage(payload: dict[str, Any]) -> bool:
+    """Ask upstream to end the stream with its usage (``payload`` is changed in place).
+
+    Returns whether the caller asked for it itself: if not, the usage-only
+    chunk is not passed on.
+    """
+    options = payload.get("stream_options")
+    options = dict(options) if isinstance(options, dict) else {}
+    requested = options.get("include_usage") is True
+    options["include_usage"] = True
+    payload["stream_options"] = options
+    return requested
 
 
 class Pricer(Protocol):
