@@ -86,7 +86,7 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
             "lastError": sidecar.config_error,
         },
         "models": {"allow": config.models.allow, "default": config.models.default},
-        "circuit": dict(sidecar.runner.breaker.snapshot()),
+        "circuit": sidecar.runner.circuits.snapshot(),
         "rateLimits": dict(sidecar.runner.limiter.snapshot()),
         "spend": {model: totals.as_dict() for model, totals in sorted(sidecar.spend.items())},
     }
@@ -134,7 +134,9 @@ def build_admin_app(sidecar: Sidecar) -> web.Application:
         body: dict[str, Any] = {"ready": not reasons, "codes": unready_codes(reasons)}
         if is_loopback_peer(request):
             body["reasons"] = reasons
-            body["circuit"] = sidecar.runner.breaker.state.value
+            body["circuit"] = {
+                scope: state.value for scope, state in sidecar.runner.circuits.states()
+            }
         return web.json_response(body, status=200 if not reasons else 503)
 
     async def metrics(request: web.Request) -> web.Response:

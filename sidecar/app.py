@@ -89,7 +89,7 @@ class Sidecar:
             server_address=self.runner.server_address,
         )
         self.telemetry.observe(
-            circuit=lambda: self.runner.breaker.state.value,
+            circuit=lambda: [(s, state.value) for s, state in self.runner.circuits.states()],
             limiter=lambda: self.runner.limiter.snapshot(),
         )
         self.spend: dict[str, SpendTotals] = {}

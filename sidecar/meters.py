@@ -55,7 +55,8 @@ class Readings:
     def __init__(self, attributes: Mapping[str, AttributeValue]) -> None:
         self.attributes = attributes
         # Set by Telemetry.observe(); None until then (no points).
-        self.circuit: Callable[[], str] | None = None
+        self.circuit: Callable[[], Iterable[tuple[str, str]]] | None = None
+        """(scope, state) pairs: ``host`` first, then the scopes not closed."""
         self.limiter: Callable[[], Mapping[str, Any]] | None = None
 
     def register(self, meter: Meter) -> None:
@@ -92,10 +93,10 @@ class Readings:
             return None
 
     def observe_circuit(self, options: CallbackOptions) -> Iterable[Observation]:
-        state = self._read(self.circuit)
-        if state in CIRCUIT_VALUES:
-            attributes = {"state": state, **self.attributes}
-            yield Observation(CIRCUIT_VALUES[state], attributes)
+        for scope, state in self._read(self.circuit) or ():
+            if state in CIRCUIT_VALUES:
+                attributes = {"scope": scope, "state": state, **self.attributes}
+                yield Observation(CIRCUIT_VALUES[state], attributes)
 
     def observe_limits(
         self, keys: Mapping[str, str], options: CallbackOptions

@@ -263,9 +263,16 @@ class Telemetry:
         self.config_reloads.add(1, {"result": result, **self.runtime_attributes})
 
     def observe(
-        self, *, circuit: Callable[[], str], limiter: Callable[[], Mapping[str, Any]]
+        self,
+        *,
+        circuit: Callable[[], Iterable[tuple[str, str]]],
+        limiter: Callable[[], Mapping[str, Any]],
     ) -> None:
-        """Read the breaker state and limiter snapshot at every collection (scrape/export)."""
+        """Read the breakers' states and limiter snapshot at every collection (scrape/export).
+
+        ``circuit`` gives (scope, state) pairs: ``host``, then each model or
+        deployment whose circuit is not closed.
+        """
         self._readings.circuit = circuit
         self._readings.limiter = limiter
 

@@ -7,7 +7,7 @@ a call (``runner``, ``streaming``). The sidecar server holds one
 :class:`OpenAiRunner` per configured runtime.
 """
 
-from .breaker import CircuitBreaker, CircuitState
+from .breaker import CircuitBreaker, CircuitBreakers, CircuitState
 from .clock import Clock, ManualClock, SystemClock
 from .config import (
     AzureVariant,
@@ -55,6 +55,7 @@ __all__ = [
     "ChatStream",
     "CircuitBreaker",
     "CircuitBreakerSettings",
+    "CircuitBreakers",
     "CircuitOpen",
     "CircuitState",
     "Clock",

@@ -16,19 +16,33 @@ The breaker does not judge outcomes: the runner decides what is a health
 failure (5xx, timeouts, transport errors) and what is a success (any answer
 that proves upstream is alive, including 4xx and 429). Time comes from an
 injected :class:`~.clock.Clock`; nothing here sleeps.
+
+Breakers are scoped to what fails together (:class:`CircuitBreakers`): one
+for the transport to the host, opened by connections that could not be made,
+and one per model (Azure: per deployment), opened by that model's 5xx and
+timeouts. A sick model then leaves the others alone, while an unreachable
+host stops every call at once.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypedDict
 
 from .clock import Clock
 from .config import CircuitBreakerSettings
-from .errors import CircuitOpen
+from .errors import CircuitOpen, RunnerError
 
-__all__ = ["CircuitBreaker", "CircuitPermit", "CircuitSnapshot", "CircuitState"]
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakers",
+    "CircuitPermit",
+    "CircuitPermits",
+    "CircuitSnapshot",
+    "CircuitState",
+]
 
 # A rejected caller while the probes are busy: the probes' outcome is usually
 # known within a request's time, so a short hint beats the full open duration.
@@ -67,8 +81,12 @@ class CircuitBreaker:
         settings: CircuitBreakerSettings,
         clock: Clock,
         on_change: Callable[[CircuitState, CircuitState], None] | None = None,
+        *,
+        subject: str = "upstream",
     ) -> None:
         self.settings = settings
+        self.subject = subject
+        """What the circuit guards, as its refusals name it."""
         self._clock = clock
         self._on_change = on_change
         self._state = CircuitState.CLOSED
@@ -94,18 +112,24 @@ class CircuitBreaker:
         self._refresh()
         if self._state is CircuitState.OPEN:
             raise CircuitOpen(
-                f"circuit open after {self._failures} consecutive upstream failures",
+                f"the circuit for {self.subject} is open after"
+                f" {self._failures} consecutive failures",
                 retry_after=self._until_half_open(),
             )
         if self._state is CircuitState.HALF_OPEN:
             if self._probes >= self.settings.half_open_probes:
                 raise CircuitOpen(
-                    "circuit half-open and its probe slots are taken",
+                    f"the circuit for {self.subject} is half-open and its probe slots are taken",
                     retry_after=min(_PROBE_BUSY_RETRY_AFTER, self.settings.open_duration),
                 )
             self._probes += 1
             return CircuitPermit(self, self._epoch, probe=True)
         return CircuitPermit(self, self._epoch, probe=False)
+
+    @property
+    def idle(self) -> bool:
+        """Closed with nothing counted: forgetting it loses nothing."""
+        return self._state is CircuitState.CLOSED and self._failures == 0 and self._probes == 0
 
     def snapshot(self) -> CircuitSnapshot:
         self._refresh()
@@ -216,3 +240,96 @@ class CircuitPermit:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+class CircuitBreakers:
+    """The breakers of one upstream: the host's transport, and one per scope.
+
+    A scope is a model, or an Azure deployment (``""`` for calls that name
+    neither). At most ``max_scopes`` scopes are kept: past that, the least
+    recently used idle one is forgotten (an app choosing model names cannot
+    grow this without end), and if none is idle the least recently used one.
+    """
+
+    def __init__(
+        self, settings: CircuitBreakerSettings, clock: Clock, *, max_scopes: int = 64
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._max_scopes = max_scopes
+        self.host = CircuitBreaker(settings, clock, subject="the upstream host")
+        self._scopes: OrderedDict[str, CircuitBreaker] = OrderedDict()
+
+    def scope(self, name: str) -> CircuitBreaker:
+        breaker = self._scopes.get(name)
+        if breaker is not None:
+            self._scopes.move_to_end(name)
+            return breaker
+        subject = repr(name) if name else "calls without a model"
+        breaker = self._scopes[name] = CircuitBreaker(self.settings, self._clock, subject=subject)
+        if len(self._scopes) > self._max_scopes:
+            idle = next((key for key, held in self._scopes.items() if held.idle), None)
+            self._scopes.pop(idle if idle is not None else next(iter(self._scopes)))
+        return breaker
+
+    def acquire(self, scope: str) -> CircuitPermits:
+        """Permission for one attempt in ``scope``, or :class:`~.errors.CircuitOpen`."""
+        host = self.host.acquire()
+        try:
+            own = self.scope(scope).acquire()
+        except CircuitOpen:
+            host.release()
+            raise
+        return CircuitPermits(host, own)
+
+    def states(self) -> list[tuple[str, CircuitState]]:
+        """``("host", state)`` first, then every scope whose circuit is not closed."""
+        states = [("host", self.host.state)]
+        for name, breaker in self._scopes.items():
+            state = breaker.state
+            if state is not CircuitState.CLOSED:
+                states.append((name, state))
+        return states
+
+    def snapshot(self) -> dict[str, object]:
+        """The host's breaker, and each scope's that counts failures or is not closed."""
+        return {
+            "host": dict(self.host.snapshot()),
+            "scopes": {
+                name: dict(breaker.snapshot())
+                for name, breaker in self._scopes.items()
+                if not breaker.idle or breaker.state is not CircuitState.CLOSED
+            },
+        }
+
+
+class CircuitPermits:
+    """One attempt's permits from the host's breaker and its scope's.
+
+    A failure is charged to what it says is sick: a connection that could
+    not be made to the host (the scope learns nothing), anything else to the
+    scope (the host did answer).
+    """
+
+    __slots__ = ("host", "scope")
+
+    def __init__(self, host: CircuitPermit, scope: CircuitPermit) -> None:
+        self.host = host
+        self.scope = scope
+
+    def success(self) -> None:
+        self.host.success()
+        self.scope.success()
+
+    def failure(self, error: RunnerError) -> None:
+        """A health failure (``error.health_failure``), charged to host or scope."""
+        if error.never_sent:
+            self.host.failure()
+            self.scope.release()
+        else:
+            self.scope.failure()
+            self.host.success()
+
+    def release(self) -> None:
+        self.host.release()
+        self.scope.release()

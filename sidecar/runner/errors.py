@@ -87,6 +87,15 @@ class RunnerError(Exception):
         """Seconds the caller should wait before trying again, when known."""
         return None
 
+    @property
+    def never_sent(self) -> bool:
+        """No connection to upstream was made: it cannot have seen the request.
+
+        Such a failure is the host's (DNS, refused, connect timeout), not a
+        model's, and even a call that creates something may be repeated.
+        """
+        return False
+
     def http_status(self) -> int:
         return self.status
 
@@ -221,6 +230,10 @@ class UpstreamTimeout(RunnerError):
         super().__init__(message)
         self.phase = phase
 
+    @property
+    def never_sent(self) -> bool:
+        return self.phase == "connect"
+
 
 class TransportError(RunnerError):
     """The connection failed or the response could not be read as HTTP/SSE.
@@ -238,6 +251,10 @@ class TransportError(RunnerError):
     def __init__(self, message: str, *, sent: bool = True) -> None:
         super().__init__(message)
         self.sent = sent
+
+    @property
+    def never_sent(self) -> bool:
+        return not self.sent
 
 
 class CircuitOpen(RunnerError):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import AzureVariant
 from .credentials import CredentialSnapshot
-from .errors import RateLimited, RunnerError, TransportError, UpstreamTimeout, classify_response
+from .errors import RateLimited, RunnerError, classify_response
 from .operations import Operation, upstream_url
 from .ratelimit import RatePermit
 from .results import Answered, CallLedger, CallOutcome, Usage
@@ -86,12 +86,8 @@ def _may_retry(request: ProxyRequest) -> Callable[[RunnerError], bool] | None:
         return None
 
     def unseen(err: RunnerError) -> bool:
-        if isinstance(err, TransportError):
-            return not err.sent
-        if isinstance(err, UpstreamTimeout):
-            return err.phase == "connect"
-        # Refused before any work; a streamed upload is gone, though.
-        return replayable and isinstance(err, RateLimited)
+        # A 429 is refused before any work; a streamed upload is gone, though.
+        return err.never_sent or (replayable and isinstance(err, RateLimited))
 
     return unseen
 
@@ -107,6 +103,15 @@ def _estimate(request: ProxyRequest) -> tuple[int, int]:
     limit = payload.get("max_output_tokens")
     output = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
     return prompt, output or max_output_tokens(payload, default=1024)
+
+
+def _circuit(runner: OpenAiRunner, request: ProxyRequest) -> str:
+    """The breaker scope: Azure's deployment for per-deployment calls, else the model."""
+    variant = runner.config.variant.selected
+    per_deployment = request.operation.per_deployment and not request.azure_v1
+    if isinstance(variant, AzureVariant) and per_deployment:
+        return runner.circuit_scope(None, request.deployment)
+    return request.model or ""
 
 
 def _target(runner: OpenAiRunner, request: ProxyRequest) -> str:
@@ -161,7 +166,13 @@ async def proxy(
         return response
 
     response = await runner._call(
-        ledger, permit, send, request.headers, observer, _may_retry(request)
+        ledger,
+        permit,
+        send,
+        request.headers,
+        observer,
+        _may_retry(request),
+        circuit=_circuit(runner, request),
     )
     runner._opened(ledger, response.status)
     return ProxiedCall(runner, request, response, ledger, permit)

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from .breaker import CircuitBreaker
+from .breaker import CircuitBreakers
 from .clock import Clock, SystemClock
 from .config import AzureVariant, OpenAiConfig
 from .credentials import CredentialSnapshot, CredentialStore
@@ -96,7 +96,7 @@ class OpenAiRunner:
         self._rng = rng or random.Random()
         self.transport = transport or Transport(config.timeouts)
         self._config = config
-        self.breaker = CircuitBreaker(config.circuit_breaker, self.clock)
+        self.circuits = CircuitBreakers(config.circuit_breaker, self.clock)
         self.limiter = RateLimiter(config.rate_limits, self.clock)
         self._apply(config)
 
@@ -131,10 +131,21 @@ class OpenAiRunner:
         changed, so a pricing edit does not forget that upstream is down.
         """
         if config.circuit_breaker != self._config.circuit_breaker:
-            self.breaker = CircuitBreaker(config.circuit_breaker, self.clock)
+            self.circuits = CircuitBreakers(config.circuit_breaker, self.clock)
         if config.rate_limits != self._config.rate_limits:
             self.limiter = RateLimiter(config.rate_limits, self.clock)
         self._apply(config)
+
+    def circuit_scope(self, model: str | None, deployment: str | None = None) -> str:
+        """The breaker scope of a call: what fails together with it upstream.
+
+        Azure serves a deployment from its own capacity, so the deployment
+        (named in the app's URL, else the configured one) is the scope; an
+        OpenAI-compatible upstream fails per model.
+        """
+        if isinstance(self._variant, AzureVariant):
+            return deployment or self._variant.deployment
+        return model or ""
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -207,12 +218,14 @@ class OpenAiRunner:
         send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
         extra_headers: Mapping[str, str] | None,
         observer: AttemptObserver | None,
-        retryable: Callable[[RunnerError], bool] | None = None,
+        retryable: Callable[[RunnerError], bool] | None,
+        circuit: str,
     ) -> T:
         """Run attempts until one succeeds or the policy gives up.
 
         ``retryable`` narrows the policy for calls that must not be repeated
-        once upstream may have seen them (see :mod:`.proxying`).
+        once upstream may have seen them (see :mod:`.proxying`); ``circuit``
+        names the breaker scope (:meth:`circuit_scope`).
         """
         deadline = ledger.started_at + self._config.timeouts.total
         snapshot = self.credentials.require()
@@ -224,7 +237,7 @@ class OpenAiRunner:
             ledger.attempts = attempt
             ledger.credential_fingerprint = snapshot.fingerprint
             try:
-                permit = self.breaker.acquire()
+                permit = self.circuits.acquire(circuit)
             except RunnerError as err:
                 # Our own failures opened the breaker mid-retry: what the
                 # caller needs to see is upstream's last answer.
@@ -242,7 +255,7 @@ class OpenAiRunner:
             except RunnerError as err:
                 last_error = err
                 if err.health_failure:
-                    permit.failure()
+                    permit.failure(err)
                 else:
                     permit.success()
                 if observer is not None:
@@ -359,10 +372,12 @@ class OpenAiRunner:
         extra_headers: Mapping[str, str] | None,
         observer: AttemptObserver | None,
         retryable: Callable[[RunnerError], bool] | None = None,
+        *,
+        circuit: str,
     ) -> T:
         """The attempts of one admitted call; a failure settles the books before it is raised."""
         try:
-            return await self._attempts(ledger, send, extra_headers, observer, retryable)
+            return await self._attempts(ledger, send, extra_headers, observer, retryable, circuit)
         except RunnerError as err:
             self._conclude(ledger, rate_permit, None, err)
             raise
@@ -421,7 +436,12 @@ class OpenAiRunner:
             return response.status, upstream_headers, raw, payload
 
         status, upstream_headers, raw, payload = await self._call(
-            ledger, rate_permit, send, headers, observer
+            ledger,
+            rate_permit,
+            send,
+            headers,
+            observer,
+            circuit=self.circuit_scope(ledger.request_model, deployment),
         )
         ledger.status = status
         ledger.response_model = _text(payload.get("model"))
@@ -469,6 +489,7 @@ class OpenAiRunner:
                 request_model=ledger.request_model,
             )
 
-        attempt = await self._call(ledger, rate_permit, send, headers, observer)
+        circuit = self.circuit_scope(ledger.request_model, deployment)
+        attempt = await self._call(ledger, rate_permit, send, headers, observer, circuit=circuit)
         self._opened(ledger, attempt.status)
         return ChatStream(self, attempt, ledger, rate_permit, prompt)

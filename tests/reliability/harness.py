@@ -248,7 +248,14 @@ class Rig:
         return int(self.sidecar.runner.limiter.snapshot()["in_flight"])
 
 
-def spec(upstream: FakeUpstream, key_file: Path, **overrides: Any) -> dict[str, Any]:
+def spec(
+    upstream: FakeUpstream,
+    key_file: Path,
+    *,
+    azure: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The sidecar's config: the direct variant, or ``azure`` (its fields) on the fake."""
     document: dict[str, Any] = {
         "runtime": {"namespace": "team-a", "name": "chat"},
         "variant": {"direct": {"endpoint": upstream.url + "/v1"}},
@@ -257,6 +264,8 @@ def spec(upstream: FakeUpstream, key_file: Path, **overrides: Any) -> dict[str, 
         "watch": {"interval": "20ms", "shutdownGrace": "5s"},
         "rateLimits": NO_LIMITS,
     }
+    if azure is not None:
+        document["variant"] = {"azure": {"endpoint": upstream.url, **azure}}
     document.update(overrides)
     return document
 
@@ -267,6 +276,7 @@ async def running(
     *,
     clock: ManualClock | None = None,
     chunks: int = 5,
+    azure: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Rig]:
     """A sidecar (config ``overrides`` on top of :func:`spec`) in front of a fake upstream."""
@@ -274,7 +284,7 @@ async def running(
     await upstream.start()
     volume = SecretVolume(tmp_path / "secret")
     volume.write(OLD_KEY)
-    document = spec(upstream, volume.path, **overrides)
+    document = spec(upstream, volume.path, azure=azure, **overrides)
     config_path = tmp_path / "sidecar.yaml"
     config_path.write_text(yaml.safe_dump(document))
     config = SidecarConfig.model_validate(document)

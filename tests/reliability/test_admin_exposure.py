@@ -199,7 +199,7 @@ async def test_readyz_over_the_network_gives_codes_not_the_key_path(
         local = json.loads(text)
         assert code == 503 and local["ready"] is False and local["codes"] == ["no_credential"]
         assert len(local["reasons"]) == 1 and str(missing) in local["reasons"][0]
-        assert local["circuit"] == "closed"
+        assert local["circuit"] == {"host": "closed"}
 
 
 def peer_request(peername: Any) -> Callable[[], bool]:

@@ -96,7 +96,8 @@ async def test_a_200_server_error_body_is_retried_then_surfaced_as_an_error(
         assert error.response.headers["x-openai-runtime-attempts"] == str(max_attempts)
         # The sidecar's retries happened, and the SDK added none of its own.
         assert len(upstream.requests) == max_attempts == 3
-        assert rig.sidecar.runner.breaker.snapshot()["consecutive_failures"] == max_attempts
+        breaker = rig.sidecar.runner.circuits.scope(MODEL).snapshot()
+        assert breaker["consecutive_failures"] == max_attempts
         assert len(rig.clock.sleeps) == max_attempts - 1, "backoff between attempts"
         [call] = rig.calls
         assert call.error is not None and call.error.kind == "UpstreamUnavailable"
@@ -117,7 +118,7 @@ async def test_a_200_invalid_request_body_is_a_400_and_not_retried(tmp_path: Pat
         assert caught.value.response.json() == BAD_REQUEST
         assert caught.value.response.headers["x-should-retry"] == "false"
         assert len(upstream.requests) == 1, "a permanent error is not retried"
-        breaker = rig.sidecar.runner.breaker.snapshot()
+        breaker = rig.sidecar.runner.circuits.scope(MODEL).snapshot()
         assert breaker["consecutive_failures"] == 0, "the request's fault, not upstream's health"
 
 

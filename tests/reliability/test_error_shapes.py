@@ -23,7 +23,7 @@ import pytest
 
 from openai_runtime_sidecar.runner import ManualClock
 
-from .harness import CHAT, Rig, assert_openai_error, running, until
+from .harness import CHAT, MODEL, Rig, assert_openai_error, running, until
 
 JSON = {"Content-Type": "application/json"}
 BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
@@ -254,7 +254,7 @@ async def test_an_open_circuit_fails_the_sdk_at_once(
     ) as rig:
         failed = await rig.chat("x", headers={"x-fake-scenario": "server-error"})
         assert failed.status == 500
-        assert (await rig.status())["circuit"]["state"] == "open"
+        assert (await rig.status())["circuit"]["scopes"][MODEL]["state"] == "open"
         caplog.clear()
         loop = asyncio.get_running_loop()
         started = loop.time()

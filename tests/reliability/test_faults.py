@@ -26,6 +26,7 @@ from openai_runtime_sidecar.runner import ManualClock, UpstreamTimeout
 from ..support import unaccepting_port
 from .harness import (
     CHAT,
+    MODEL,
     Answer,
     Rig,
     SteadyProbe,
@@ -364,7 +365,7 @@ async def test_the_breaker_opens_and_recovers_per_policy(tmp_path: Path) -> None
         upstream = rig.upstream
         for _ in range(3):
             assert (await rig.chat("x", headers=failing)).status == 500
-        assert (await rig.status())["circuit"]["state"] == "open"
+        assert (await rig.status())["circuit"]["scopes"][MODEL]["state"] == "open"
 
         refused = await rig.chat("x")
         assert refused.status == 503 and refused.headers["retry-after"] == "30"
@@ -374,12 +375,12 @@ async def test_the_breaker_opens_and_recovers_per_policy(tmp_path: Path) -> None
         clock.advance(29.9)
         assert (await rig.chat("x")).status == 503
         clock.advance(0.1)
-        assert (await rig.status())["circuit"]["state"] == "half_open"
+        assert (await rig.status())["circuit"]["scopes"][MODEL]["state"] == "half_open"
         # A failed probe opens it again for a fresh open_duration.
         assert (await rig.chat("x", headers=failing)).status == 500
         document = await rig.status()
-        assert document["circuit"]["state"] == "open"
-        assert document["circuit"]["retry_after"] == 30
+        assert document["circuit"]["scopes"][MODEL]["state"] == "open"
+        assert document["circuit"]["scopes"][MODEL]["retry_after"] == 30
 
         clock.advance(30)
         # One probe at a time: while it is held upstream, others are refused briefly.
@@ -390,7 +391,9 @@ async def test_the_breaker_opens_and_recovers_per_policy(tmp_path: Path) -> None
         assert_openai_error(busy.json, "circuit_open")
         upstream.release("probe")
         assert (await probe).status == 200
-        assert (await rig.status())["circuit"]["state"] == "closed"
+        circuit = (await rig.status())["circuit"]
+        assert MODEL not in circuit["scopes"], "closed again with nothing counted"
+        assert circuit["host"]["state"] == "closed"
         answers = await asyncio.gather(*(rig.chat(f"ok {n}", stream=n % 2 == 0) for n in range(6)))
         assert [a.status for a in answers] == [200] * 6
     assert len(upstream.requests) == 3 + 1 + 1 + 6

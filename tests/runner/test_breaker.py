@@ -6,10 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from openai_runtime_sidecar.runner.breaker import CircuitBreaker, CircuitState
+from openai_runtime_sidecar.runner.breaker import CircuitBreaker, CircuitBreakers, CircuitState
 from openai_runtime_sidecar.runner.clock import ManualClock
 from openai_runtime_sidecar.runner.config import CircuitBreakerSettings
-from openai_runtime_sidecar.runner.errors import CircuitOpen
+from openai_runtime_sidecar.runner.errors import (
+    CircuitOpen,
+    TransportError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -252,3 +257,75 @@ def test_transitions_always_follow_the_state_machine(ops: list[str]) -> None:
         assert old is state
         state = new
     assert breaker.state is state or (state is OPEN and breaker.state is HALF_OPEN)
+
+
+# -- scopes ---------------------------------------------------------------------
+
+SERVER_ERROR = UpstreamUnavailable("boom", status=500)
+REFUSED = TransportError("refused", sent=False)
+
+
+def scoped(
+    threshold: int = 2, probes: int = 1, max_scopes: int = 64
+) -> tuple[CircuitBreakers, ManualClock]:
+    clock = ManualClock()
+    settings = CircuitBreakerSettings(
+        failure_threshold=threshold, open_duration=30.0, half_open_probes=probes
+    )
+    return CircuitBreakers(settings, clock, max_scopes=max_scopes), clock
+
+
+def test_a_scopes_failures_leave_other_scopes_and_the_host_closed() -> None:
+    circuits, _ = scoped()
+    for _ in range(2):
+        circuits.acquire("gpt-4o").failure(SERVER_ERROR)
+    with pytest.raises(CircuitOpen, match="'gpt-4o'"):
+        circuits.acquire("gpt-4o")
+    circuits.acquire("gpt-4o-mini").success()
+    assert circuits.states() == [("host", CLOSED), ("gpt-4o", OPEN)]
+    assert set(circuits.snapshot()["scopes"]) == {"gpt-4o"}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "error", [REFUSED, UpstreamTimeout("connect", phase="connect")], ids=["refused", "connect"]
+)
+def test_connections_never_made_open_the_host_for_every_scope(error: Exception) -> None:
+    circuits, _ = scoped()
+    circuits.acquire("a").failure(error)  # type: ignore[arg-type]
+    circuits.acquire("b").failure(error)  # type: ignore[arg-type]
+    for scope in ("a", "b", "c", ""):
+        with pytest.raises(CircuitOpen, match="upstream host"):
+            circuits.acquire(scope)
+    assert circuits.scope("a").idle, "the model learned nothing from the host's failure"
+
+
+def test_a_timeout_after_connecting_is_the_models() -> None:
+    circuits, _ = scoped()
+    for _ in range(2):
+        circuits.acquire("a").failure(UpstreamTimeout("slow", phase="first_byte"))
+    assert circuits.states() == [("host", CLOSED), ("a", OPEN)]
+
+
+def test_an_open_scope_gives_back_the_hosts_probe_slot() -> None:
+    circuits, clock = scoped(probes=1)
+    for _ in range(2):
+        circuits.acquire("x").failure(REFUSED)
+    clock.advance(20)
+    for _ in range(2):
+        circuits.scope("b").acquire().failure()
+    clock.advance(10)  # the host is half-open (one probe), b still open
+    with pytest.raises(CircuitOpen, match="'b'"):
+        circuits.acquire("b")
+    circuits.acquire("c").success()  # the host's only probe slot was free for c
+    assert circuits.host.state is CLOSED
+
+
+def test_scopes_are_bounded_and_idle_ones_go_first() -> None:
+    circuits, _ = scoped(max_scopes=3)
+    for _ in range(2):
+        circuits.acquire("sick").failure(SERVER_ERROR)
+    for n in range(100):
+        circuits.acquire(f"model-{n}").success()
+    states = dict(circuits.states())
+    assert states["sick"] is OPEN, "the one with state survives a flood of names"
+    assert len(circuits._scopes) == 3

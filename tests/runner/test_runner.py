@@ -308,7 +308,7 @@ async def test_an_error_body_with_200_is_raised_not_returned(make_runner: Runner
     assert err.http_status() == 400, "the app is answered with what it is"
     assert err.openai_body()["error"]["type"] == "invalid_request_error"
     assert err.attempts == 1
-    assert runner.breaker.snapshot()["consecutive_failures"] == 0
+    assert runner.circuits.scope("gpt-4o-mini").snapshot()["consecutive_failures"] == 0
 
 
 async def test_connection_reset_before_headers_is_retried(make_runner: RunnerFactory) -> None:
@@ -392,7 +392,7 @@ async def test_breaker_opens_on_server_errors_and_recovers(
     clock.advance(30)
     result = await runner.chat(body())
     assert result.status == 200
-    assert runner.breaker.state.value == "closed"
+    assert runner.circuits.scope("gpt-4o-mini").state.value == "closed"
 
 
 async def test_breaker_opening_mid_retry_surfaces_upstreams_answer(

@@ -490,8 +490,9 @@ async def test_healthz_and_status_report_identity_state_and_exact_spend(
     assert status["credential"]["rotations"] == 0
     assert status["credential"]["lastError"] is None
     assert status["config"] == {"generation": 1, "lastError": None}
-    assert status["circuit"]["state"] == "closed"
-    assert status["circuit"]["consecutive_failures"] == 0
+    assert status["circuit"]["host"]["state"] == "closed"
+    assert status["circuit"]["host"]["consecutive_failures"] == 0
+    assert status["circuit"]["scopes"] == {}, "a scope shows once it counts a failure"
     assert status["rateLimits"]["in_flight"] == 0
     assert status["rateLimits"]["provider_remaining_requests"] == 9999
 
