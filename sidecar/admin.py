@@ -16,6 +16,10 @@ can send):
   Over the network only ``ready`` and reason ``codes``; from loopback also
   the reasons in words (they name the key file) and the circuit state.
 - ``/metrics``: Prometheus text, to anyone (its labels carry no secrets).
+  Collected and rendered in a worker thread (:class:`Scrapes`), one render
+  at a time shared by the scrapes that overlap it: at the label bound the
+  text takes a few hundred milliseconds to build, which on the loop would
+  hold up every API call for as long.
 - ``/status``: from loopback (``kubectl exec``, a debug container) the full
   JSON for humans; over the network only what the operator's convergence
   check reads, ``credential.fingerprint``: no upstream URL, deployment, key
@@ -24,8 +28,10 @@ can send):
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from .app import Sidecar
 
 __all__ = [
+    "Scrapes",
     "build_admin_app",
     "is_loopback_peer",
     "network_status_document",
@@ -125,7 +132,41 @@ def unready_codes(reasons: list[str]) -> list[str]:
     return codes
 
 
+class Scrapes:
+    """``/metrics`` bodies rendered off the event loop, one at a time.
+
+    The OpenTelemetry SDK collects from another thread by design (its
+    periodic OTLP reader does), so the loop keeps serving calls and only
+    shares the interpreter with the render. A scrape that arrives while a
+    render runs waits for that one, so a flood of scrapes costs one render
+    and one body in memory, not one each.
+    """
+
+    def __init__(self, render: Callable[[], str]) -> None:
+        self._render = render
+        self._pending: asyncio.Future[bytes] | None = None
+
+    def _encoded(self) -> bytes:
+        return self._render().encode("utf-8")
+
+    async def body(self) -> bytes:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = asyncio.ensure_future(asyncio.to_thread(self._encoded))
+            pending.add_done_callback(self._finished)
+        # Shielded: a scraper that hangs up must not cancel the others' render.
+        return await asyncio.shield(pending)
+
+    def _finished(self, future: asyncio.Future[bytes]) -> None:
+        if self._pending is future:
+            self._pending = None
+        if not future.cancelled():
+            future.exception()  # retrieved: a failed render is each waiter's error
+
+
 def build_admin_app(sidecar: Sidecar) -> web.Application:
+    scrapes = Scrapes(lambda: sidecar.telemetry.prometheus_text())
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -141,7 +182,7 @@ def build_admin_app(sidecar: Sidecar) -> web.Application:
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(
-            body=sidecar.telemetry.prometheus_text().encode("utf-8"),
+            body=await scrapes.body(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 

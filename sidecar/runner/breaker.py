@@ -126,6 +126,17 @@ class CircuitBreaker:
             return CircuitPermit(self, self._epoch, probe=True)
         return CircuitPermit(self, self._epoch, probe=False)
 
+    def peek(self) -> CircuitState:
+        """The state as :attr:`state` would read it, without making the transition.
+
+        For readers on another thread (metrics): the transition is the loop's.
+        """
+        state = self._state
+        if state is CircuitState.OPEN and self._opened_at is not None:
+            if self._clock.monotonic() - self._opened_at >= self.settings.open_duration:
+                return CircuitState.HALF_OPEN
+        return state
+
     @property
     def idle(self) -> bool:
         """Closed with nothing counted: forgetting it loses nothing."""
@@ -284,9 +295,11 @@ class CircuitBreakers:
 
     def states(self) -> list[tuple[str, CircuitState]]:
         """``("host", state)`` first, then every scope whose circuit is not closed."""
-        states = [("host", self.host.state)]
-        for name, breaker in self._scopes.items():
-            state = breaker.state
+        # Metrics collect from a worker thread: a copy of the scopes, and states
+        # read without the transitions only the loop makes.
+        states = [("host", self.host.peek())]
+        for name, breaker in list(self._scopes.items()):
+            state = breaker.peek()
             if state is not CircuitState.CLOSED:
                 states.append((name, state))
         return states

@@ -93,6 +93,11 @@ class _Bucket:
         self.level = self.capacity
         self._stamp = now
 
+    def peek(self, now: float) -> float:
+        """The level at ``now``, without writing it back (safe from another thread)."""
+        level, stamp = self.level, self._stamp
+        return min(self.capacity, level + max(0.0, now - stamp) * self.rate)
+
     def available(self, now: float) -> float:
         if now > self._stamp:
             self.level = min(self.capacity, self.level + (now - self._stamp) * self.rate)
@@ -221,14 +226,20 @@ class RateLimiter:
         self._wake_head()
 
     def snapshot(self) -> RateLimitSnapshot:
+        """The limiter's state now, for ``/status`` and the gauges.
+
+        It only reads (metrics collect from a worker thread): a value may be a
+        moment stale, but the loop's own bookkeeping is never written here.
+        """
         now = self._clock.monotonic()
         preq, ptok = self._provider_requests, self._provider_tokens
         # A hold concerns the next caller: the head of the queue, or a small newcomer.
-        next_tokens = self._queue[0].tokens if self._queue else 1
+        head = next(iter(list(self._queue)), None)
+        next_tokens = head.tokens if head is not None else 1
         blocked = max(preq.wait_for(1, now), ptok.wait_for(next_tokens, now))
         return {
-            "requests_available": self._requests.available(now) if self._requests else None,
-            "tokens_available": self._tokens.available(now) if self._tokens else None,
+            "requests_available": self._requests.peek(now) if self._requests else None,
+            "tokens_available": self._tokens.peek(now) if self._tokens else None,
             "in_flight": self._in_flight,
             "max_concurrency": self.settings.max_concurrency,
             "queued": len(self._queue),

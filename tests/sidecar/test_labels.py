@@ -25,3 +25,18 @@ def test_the_memo_of_unknown_names_is_bounded() -> None:
     for n in range(10_000):
         assert label(f"name-{n}") == OTHER
     assert len(label._known) <= 4096
+
+
+def test_priced_names_past_the_bound_take_their_price_entry() -> None:
+    """Every date and every spelling resolves to a price: the exact names are capped."""
+    label = ModelLabels(["mine"], PricingTable.published(), max_priced=3)
+    kept = ["gpt-4o-2030-01-01", "GPT-4o", "o3-2030-01-01"]
+    assert [label(name) for name in kept] == kept
+    assert label("gpt-4o-2030-01-02") == "gpt-4o"
+    assert label("Gpt-4O") == "gpt-4o"
+    assert label("o3-2031-12-31") == "o3"
+    assert label("mine") == "mine", "the allow-list is never capped"
+    assert label(kept[0]) == kept[0], "a name once kept stays kept"
+    flood = {label(f"gpt-4o-mini-{2000 + n // 365}-0{1 + n % 9}-1{n % 9}") for n in range(5000)}
+    assert flood == {"gpt-4o-mini"}
+    assert len(label._known) <= 4096
