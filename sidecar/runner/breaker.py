@@ -131,11 +131,11 @@ class CircuitBreaker:
 
         For readers on another thread (metrics): the transition is the loop's.
         """
-        state = self._state
-        if state is CircuitState.OPEN and self._opened_at is not None:
-            if self._clock.monotonic() - self._opened_at >= self.settings.open_duration:
-                return CircuitState.HALF_OPEN
-        return state
+        state, opened_at = self._state, self._opened_at
+        if state is not CircuitState.OPEN or opened_at is None:
+            return state
+        elapsed = self._clock.monotonic() - opened_at
+        return CircuitState.HALF_OPEN if elapsed >= self.settings.open_duration else state
 
     @property
     def idle(self) -> bool:
