@@ -91,6 +91,11 @@ class Sidecar:
         self.telemetry.observe(
             circuit=lambda: [(s, state.value) for s, state in self.runner.circuits.states()],
             limiter=lambda: self.runner.limiter.snapshot(),
+            connections=lambda: [
+                guard.reading()
+                for guard in (self.api_connections, self.admin_connections)
+                if guard is not None
+            ],
         )
         self.spend: dict[str, SpendTotals] = {}
         """Per model the runtime knows (allow-list, price table), the rest as ``other``."""

@@ -34,6 +34,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from .meters import ListenerReading
+
 __all__ = [
     "ACCEPT_ERROR_MESSAGE",
     "FILE_RESERVE",
@@ -88,6 +90,11 @@ class ConnectionGuard:
     @property
     def open_connections(self) -> int:
         return len(self._open)
+
+    def reading(self) -> ListenerReading:
+        """What the connection metrics show of this listener."""
+        closed = {"refused": self.refused, "evicted": self.evicted, "timed_out": self.timed_out}
+        return ListenerReading(self.name, len(self._open), closed)
 
     def wrap(self, runner: web.BaseRunner) -> Callable[[], asyncio.Protocol]:
         """The protocol factory to serve ``runner`` through this guard."""

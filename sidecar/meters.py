@@ -3,7 +3,7 @@
 Where it sits in the flow::
 
     CallTrace.finish() --Sums.add()--> dict of cumulative sums
-    runner.observe(circuit=..., limiter=...) --> Readings (sources only)
+    Telemetry.observe(circuit=..., limiter=..., connections=...) --> Readings (sources only)
     scrape (GET /metrics) / OTLP export --callbacks--> Sums.observe(), Readings.observe_*()
 
 The two counters every call adds to (cost, requests) are summed in plain
@@ -19,18 +19,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.util.types import AttributeValue
 
-__all__ = ["CIRCUIT_VALUES", "Readings", "Sums"]
+__all__ = ["CIRCUIT_VALUES", "ListenerReading", "Readings", "Sums"]
 
 # Under the telemetry logger, where these warnings have always been logged.
 log = logging.getLogger(__name__.rpartition(".")[0] + ".telemetry")
 
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerReading:
+    """One listener's connections, as a collection reads them."""
+
+    listener: str
+    open: int
+    closed: Mapping[str, int]
+    """Cumulative closes by reason: ``refused``, ``evicted``, ``timed_out``."""
 
 
 class Sums:
@@ -58,6 +69,8 @@ class Readings:
         self.circuit: Callable[[], Iterable[tuple[str, str]]] | None = None
         """(scope, state) pairs: ``host`` first, then the scopes not closed."""
         self.limiter: Callable[[], Mapping[str, Any]] | None = None
+        self.connections: Callable[[], Iterable[ListenerReading]] | None = None
+        """Each listener's open connections and the ones its limits closed."""
 
     def register(self, meter: Meter) -> None:
         """Create the gauges (circuit state, provider's and local limits) on ``meter``."""
@@ -82,6 +95,21 @@ class Readings:
             meter.create_observable_gauge(
                 f"openai_runtime.{name}", callbacks=[callback], description=description
             )
+        meter.create_observable_gauge(
+            "openai_runtime.connections.open",
+            callbacks=[self.observe_open],
+            unit="{connection}",
+            description="Client connections open now, per listener (api, admin).",
+        )
+        meter.create_observable_counter(
+            "openai_runtime.connections.closed",
+            callbacks=[self.observe_closed],
+            unit="{connection}",
+            description=(
+                "Connections the listener's limits closed: refused (every slot busy), "
+                "evicted (idle, for a new one), timed_out (no whole request in time)."
+            ),
+        )
 
     def _read(self, source: Callable[[], Any] | None) -> Any:
         if source is None:
@@ -97,6 +125,16 @@ class Readings:
             if state in CIRCUIT_VALUES:
                 attributes = {"scope": scope, "state": state, **self.attributes}
                 yield Observation(CIRCUIT_VALUES[state], attributes)
+
+    def observe_open(self, options: CallbackOptions) -> Iterable[Observation]:
+        for reading in self._read(self.connections) or ():
+            yield Observation(reading.open, {"listener": reading.listener, **self.attributes})
+
+    def observe_closed(self, options: CallbackOptions) -> Iterable[Observation]:
+        for reading in self._read(self.connections) or ():
+            for reason, count in reading.closed.items():
+                attributes = {"listener": reading.listener, "reason": reason, **self.attributes}
+                yield Observation(count, attributes)
 
     def observe_limits(
         self, keys: Mapping[str, str], options: CallbackOptions

@@ -58,7 +58,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from .meters import Readings, Sums
+from .meters import ListenerReading, Readings, Sums
 from .otlp import OtlpExporters, otlp_resource
 from .prometheus import PrometheusReader
 from .runner.credentials import ReloadOutcome
@@ -267,6 +267,7 @@ class Telemetry:
         *,
         circuit: Callable[[], Iterable[tuple[str, str]]],
         limiter: Callable[[], Mapping[str, Any]],
+        connections: Callable[[], Iterable[ListenerReading]] | None = None,
     ) -> None:
         """Read the breakers' states and limiter snapshot at every collection (scrape/export).
 
@@ -275,6 +276,7 @@ class Telemetry:
         """
         self._readings.circuit = circuit
         self._readings.limiter = limiter
+        self._readings.connections = connections
 
     def _observe_in_flight(self, options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(self.in_flight, self.runtime_attributes)

@@ -9,6 +9,7 @@ socket, under a deadline.
 from __future__ import annotations
 
 import asyncio
+import re
 import contextlib
 import json
 import resource
@@ -144,6 +145,12 @@ async def test_a_silent_connection_is_closed_after_the_header_timeout(
         assert elapsed >= HEADER_TIMEOUT * 0.9, url
     assert sidecar.api_connections is not None and sidecar.admin_connections is not None
     assert sidecar.api_connections.timed_out == sidecar.admin_connections.timed_out == 1
+    metrics = sidecar.telemetry.prometheus_text()
+    for listener in ("api", "admin"):
+        closed = (
+            f'openai_runtime_connections_closed_total{{listener="{listener}",reason="timed_out"'
+        )
+        assert closed in metrics and metrics.split(closed, 1)[1].split("\n", 1)[0].endswith(" 1")
 
 
 async def test_a_header_sent_in_pieces_and_stalled_is_closed_after_the_header_timeout(
@@ -215,6 +222,16 @@ async def test_over_the_admin_cap_idle_connections_make_way_and_the_api_serves(
             async with http.get(sidecar.admin_url + "/healthz") as response:
                 assert response.status == 200
         assert guard.open_connections <= cap
+        metrics = sidecar.telemetry.prometheus_text()
+        evicted = re.search(
+            r'openai_runtime_connections_closed_total\{listener="admin",reason="evicted"[^}]*\} (\d+)',
+            metrics,
+        )
+        assert evicted is not None and int(evicted.group(1)) == guard.evicted >= cap * 4
+        assert re.search(
+            r'openai_runtime_connections_open\{listener="admin"[^}]*\} [1-4]\n', metrics
+        )
+        assert re.search(r'openai_runtime_connections_open\{listener="api"', metrics)
     finally:
         for _, writer in flood:
             writer.close()
