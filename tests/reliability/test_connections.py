@@ -9,9 +9,9 @@ socket, under a deadline.
 from __future__ import annotations
 
 import asyncio
-import re
 import contextlib
 import json
+import re
 import resource
 import sys
 import time
@@ -223,10 +223,8 @@ async def test_over_the_admin_cap_idle_connections_make_way_and_the_api_serves(
                 assert response.status == 200
         assert guard.open_connections <= cap
         metrics = sidecar.telemetry.prometheus_text()
-        evicted = re.search(
-            r'openai_runtime_connections_closed_total\{listener="admin",reason="evicted"[^}]*\} (\d+)',
-            metrics,
-        )
+        family = "openai_runtime_connections_closed_total"
+        evicted = re.search(family + r'\{listener="admin",reason="evicted"[^}]*\} (\d+)', metrics)
         assert evicted is not None and int(evicted.group(1)) == guard.evicted >= cap * 4
         assert re.search(
             r'openai_runtime_connections_open\{listener="admin"[^}]*\} [1-4]\n', metrics
