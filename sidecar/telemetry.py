@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
+from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -45,6 +46,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     NonRecordingSpan,
     Span,
@@ -58,6 +60,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from .histograms import PlainHistogram, attach
 from .meters import ListenerReading, Readings, Sums
 from .otlp import OtlpExporters, otlp_resource
 from .prometheus import PrometheusReader
@@ -84,6 +87,42 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 
 # Patched by tests; the runner's clock may be fake, this one never is.
 _monotonic = time.monotonic
+
+
+_NO_PARENT = Context()
+
+
+def _trace_carrier(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The app's W3C trace headers, or None when it sent no ``traceparent``.
+
+    aiohttp's headers are looked up case-insensitively at once; another
+    mapping is lower-cased first, as the propagator reads keys as written.
+    """
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        parent = headers.get("traceparent")
+        if parent is None:
+            return None
+        carrier = {"traceparent": parent}
+        state = headers.get("tracestate")
+        if state is not None:
+            carrier["tracestate"] = state
+        return carrier
+    lowered = {key.lower(): value for key, value in headers.items()}
+    return lowered if "traceparent" in lowered else None
+
+
+def _traceparent(context: SpanContext) -> dict[str, str]:
+    """What the W3C propagator injects for ``context``, formatted directly."""
+    if not context.is_valid:
+        return {}
+    carrier = {
+        "traceparent": (
+            f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+        )
+    }
+    if context.trace_state:
+        carrier["tracestate"] = context.trace_state.to_header()
+    return carrier
 
 
 class Telemetry:
@@ -142,25 +181,31 @@ class Telemetry:
             "server.address": server_address,
             "openai_runtime.runtime": runtime,
         }
-        histogram, counter = meter.create_histogram, meter.create_counter
-        self.token_usage = histogram(
+        counter = meter.create_counter
+        # Recorded in plain Python (three per call), added to what every reader
+        # collects: see histograms.py.
+        self.token_usage = PlainHistogram(
             "gen_ai.client.token.usage",
             "{token}",
             "Input and output tokens per call.",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            TOKEN_BUCKETS,
         )
-        self.duration = histogram(
+        self.duration = PlainHistogram(
             "gen_ai.client.operation.duration",
             "s",
             "Duration of the chat call as the sidecar served it.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            DURATION_BUCKETS,
         )
-        self.time_to_first_token = histogram(
+        self.time_to_first_token = PlainHistogram(
             "openai_runtime.time_to_first_token",
             "s",
             "Seconds until upstream's first streamed bytes.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            DURATION_BUCKETS,
         )
+        histograms = (self.token_usage, self.duration, self.time_to_first_token)
+        scope = InstrumentationScope(_SCOPE)
+        for reader in readers:
+            attach(reader, histograms, scope, resource)
         # The two counters every call adds to are summed here and read at
         # collection: a dict update instead of an SDK measurement per call.
         self.cost = Sums()
@@ -231,10 +276,8 @@ class Telemetry:
         self, headers: Mapping[str, str], *, model: str | None, stream: bool
     ) -> CallTrace:
         """Open the call's span as a child of the app's trace context, if it sent one."""
-        # The propagator looks keys up as written: normalise so a plain dict
-        # with "Traceparent" works like aiohttp's case-insensitive headers.
-        carrier = {key.lower(): value for key, value in headers.items()}
-        parent = _PROPAGATOR.extract(carrier)
+        carrier = _trace_carrier(headers)
+        parent = _PROPAGATOR.extract(carrier) if carrier is not None else _NO_PARENT
         attributes: dict[str, AttributeValue] = {
             **self.base_attributes,
             "gen_ai.system": self.provider_name,
@@ -353,9 +396,7 @@ class CallTrace:
             f"attempt {attempt}", trace.set_span_in_context(self.span), span_attributes
         )
         self._attempts[attempt] = span
-        carrier: dict[str, str] = {}
-        _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-        return carrier
+        return _traceparent(span.get_span_context())
 
     def attempt_finished(self, attempt: int, status: int | None, error: RunnerError | None) -> None:
         span = self._attempts.pop(attempt, None)
