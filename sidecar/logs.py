@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 from .runner.results import CallOutcome
 
-__all__ = ["FIELDS", "JsonFormatter", "configure_logging", "request_fields"]
+__all__ = ["FIELDS", "JsonFormatter", "RequestLog", "configure_logging", "request_fields"]
 
 FIELDS = "fields"
 """The ``extra`` key whose mapping is merged into the JSON object."""
@@ -84,27 +84,77 @@ def _timestamp(created: float) -> str:
     return f"{text}{micros // 1000:03d}Z"
 
 
+def _entry(created: float, level: str, logger: str, msg: str, fields: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "ts": _timestamp(created),
+        "level": level,
+        "logger": logger,
+        "msg": msg,
+    }
+    if isinstance(fields, Mapping):
+        for key, value in fields.items():
+            name = str(key)
+            # A field never overwrites the core keys a pipeline indexes on.
+            entry[f"field.{name}" if name in _CORE else name] = value
+    return entry
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (see the module docstring)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": _timestamp(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
         fields = getattr(record, FIELDS, None)
-        if isinstance(fields, Mapping):
-            for key, value in fields.items():
-                name = str(key)
-                # A field never overwrites the core keys a pipeline indexes on.
-                entry[f"field.{name}" if name in _CORE else name] = value
+        entry = _entry(record.created, record.levelname, record.name, record.getMessage(), fields)
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             entry["exception"] = {"type": type(exc).__name__, "message": str(exc)}
         # No stack_info and no traceback: frames can hold request bodies.
         return _ENCODER.encode(entry)
+
+
+class RequestLog:
+    """The one line per request, at INFO on ``logger``.
+
+    When that line could only reach the handler :func:`configure_logging`
+    installed (no other handler, no filter on the way), it is formatted and
+    written here directly: the same JSON, the same level check, without a
+    ``LogRecord`` and the handler chain, which cost as much as the line
+    itself. Anything else listening (a test's capture, an embedding app's
+    handler) gets the record through ``logging`` as usual.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def write(self, msg: str, fields: Mapping[str, Any]) -> None:
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        handler = self._sole_handler()
+        if handler is None:
+            logger.info(msg, extra={FIELDS: fields})
+            return
+        line = _ENCODER.encode(_entry(time.time(), "INFO", logger.name, msg, fields))
+        handler.acquire()
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+        finally:
+            handler.release()
+
+    def _sole_handler(self) -> _JsonHandler | None:
+        """Our handler, when it is the only thing the record would reach."""
+        current = self._logger
+        while not current.handlers:
+            if current.filters or not current.propagate or current.parent is None:
+                return None
+            current = current.parent
+        if current.filters or current.parent is not None or len(current.handlers) != 1:
+            return None
+        handler = current.handlers[0]
+        if not isinstance(handler, _JsonHandler) or handler.filters or handler.level > logging.INFO:
+            return None
+        return handler
 
 
 class _JsonHandler(logging.StreamHandler[TextIO]):

@@ -25,9 +25,10 @@ from aiohttp import compression_utils, web
 from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .config import LimitSettings
-from .logs import request_fields
+from .logs import RequestLog, request_fields
 from .runner import (
     CallOutcome,
     ChatStream,
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("openai_runtime.requests")
+_REQUEST_LOG = RequestLog(log)
 
 # Upstream response headers worth handing to the app.
 _PASS_HEADERS = (
@@ -184,9 +186,9 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def passthrough(headers: Mapping[str, str]) -> dict[str, str]:
-    lowered = {key.lower(): value for key, value in headers.items()}
-    return {name: lowered[name] for name in _PASS_HEADERS if name in lowered}
+def passthrough(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> dict[str, str]:
+    """Upstream's headers worth passing on to the app (looked up case-insensitively)."""
+    return {name: value for name in _PASS_HEADERS if (value := headers.get(name)) is not None}
 
 
 def error_response(err: RunnerError) -> web.Response:
@@ -194,7 +196,7 @@ def error_response(err: RunnerError) -> web.Response:
     if isinstance(err, UpstreamError):
         headers.update(passthrough(err.headers))
         for name in ("retry-after", "retry-after-ms"):
-            value = next((v for k, v in err.headers.items() if k.lower() == name), None)
+            value = err.headers.get(name)
             if value is not None:
                 headers[name] = value
     if not isinstance(err, LocalRateLimited) or not err.fits:
@@ -230,12 +232,15 @@ def settle(
         method=request.method,
         path=request.path,
     )
-    log.info("request", extra={"fields": fields})
+    _REQUEST_LOG.write("request", fields)
 
 
 async def read_body(request: web.Request, limits: LimitSettings) -> bytes:
     """A body kept in memory, within ``limits``: :class:`BadRequest` says what went wrong."""
     try:
+        if request.content.is_eof():
+            # Arrived with the headers (most calls): nothing left to wait for.
+            return await request.read()
         async with asyncio.timeout(limits.body_timeout):
             return await request.read()
     except TimeoutError:

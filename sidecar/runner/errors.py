@@ -33,6 +33,8 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from multidict import CIMultiDict
+
 from .headers import parse_retry_after
 
 if TYPE_CHECKING:
@@ -142,7 +144,8 @@ class UpstreamError(RunnerError):
         super().__init__(message)
         self.status = status
         self.body = body
-        self.headers: dict[str, str] = dict(headers or {})
+        # Case-insensitive, as HTTP header names are: every lookup is one get().
+        self.headers: CIMultiDict[str] = CIMultiDict(headers or {})
         self.payload: dict[str, Any] = dict(payload or {})
         self._retry_after = retry_after
         err = self.payload.get("error")
@@ -165,11 +168,7 @@ class UpstreamError(RunnerError):
 
     @property
     def request_id(self) -> str | None:
-        for name in ("x-request-id", "apim-request-id"):
-            for key, value in self.headers.items():
-                if key.lower() == name:
-                    return value
-        return None
+        return self.headers.get("x-request-id") or self.headers.get("apim-request-id")
 
     def openai_body(self) -> dict[str, Any]:
         if isinstance(self.payload.get("error"), dict):

@@ -14,6 +14,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from .durations import parse_duration
 
 __all__ = ["RateLimitHeaders", "parse_rate_limit_headers", "parse_retry_after"]
@@ -21,8 +23,8 @@ __all__ = ["RateLimitHeaders", "parse_rate_limit_headers", "parse_retry_after"]
 
 def _get(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
-    if value is None:
-        # Plain dicts are case-sensitive; aiohttp's CIMultiDict is not.
+    if value is None and not isinstance(headers, CIMultiDict | CIMultiDictProxy):
+        # A plain dict is case-sensitive: look the name up as written anywhere.
         lowered = name.lower()
         for key, candidate in headers.items():
             if key.lower() == lowered:

@@ -27,6 +27,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from multidict import CIMultiDict
+
 from .config import AzureVariant
 from .credentials import CredentialSnapshot
 from .errors import RateLimited, RunnerError, classify_response
@@ -81,7 +83,7 @@ class ProxyRequest:
 def _may_retry(request: ProxyRequest) -> Callable[[RunnerError], bool] | None:
     """What may be retried, for calls that must not reach upstream twice (None: anything)."""
     replayable = not (request.body is not None and not isinstance(request.body, bytes))
-    keyed = any(name.lower() == "idempotency-key" for name in request.headers)
+    keyed = "idempotency-key" in CIMultiDict(request.headers)
     if replayable and (not request.operation.creates or keyed):
         return None
 
@@ -162,7 +164,7 @@ async def proxy(
         if not 200 <= response.status < 300:
             raw = await response.read()
             now = runner.clock.time()
-            raise classify_response(response.status, dict(response.headers), raw, now=now)
+            raise classify_response(response.status, response.headers, raw, now=now)
         return response
 
     response = await runner._call(
@@ -208,7 +210,7 @@ class ProxiedCall:
         self.response_model: str | None = None
         self.response_id: str | None = None
         self.status = response.status
-        self.headers = dict(response.headers)
+        self.headers = CIMultiDict(response.headers)
         self._usage: Usage | None = None
         self._rewritten: bytes | None = None
         self._complete = False
@@ -216,7 +218,7 @@ class ProxiedCall:
 
     @property
     def content_type(self) -> str:
-        return next((v for k, v in self.headers.items() if k.lower() == "content-type"), "")
+        return self.headers.get("content-type", "")
 
     @property
     def buffered(self) -> bool:

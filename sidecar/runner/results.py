@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from multidict import CIMultiDict
+
 from .errors import RunnerError
 from .headers import RateLimitHeaders
 from .pricing import Cost
@@ -158,7 +160,8 @@ class ChatResult:
     """A finished non-streaming call: upstream's bytes, parsed, and what they cost."""
 
     status: int
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
+    """Upstream's response headers, looked up case-insensitively."""
     body: bytes
     payload: dict[str, Any]
     outcome: CallOutcome

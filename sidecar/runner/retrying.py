@@ -55,9 +55,8 @@ class RetryPolicy:
             return RetryDecision(False, reason="permanent")
         should_retry = None
         if isinstance(error, UpstreamError):
-            for key, value in error.headers.items():
-                if key.lower() == "x-should-retry":
-                    should_retry = value.strip().lower()
+            said = error.headers.get("x-should-retry")
+            should_retry = said.strip().lower() if said is not None else None
         if should_retry == "false":
             return RetryDecision(False, reason="upstream said x-should-retry: false")
         if not error.retryable and should_retry != "true":

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from multidict import CIMultiDict
+
 from .breaker import CircuitBreakers
 from .clock import Clock, SystemClock
 from .config import AzureVariant, OpenAiConfig
@@ -404,13 +406,13 @@ class OpenAiRunner:
 
         async def send(
             snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
-        ) -> tuple[int, dict[str, str], bytes, dict[str, Any]]:
+        ) -> tuple[int, CIMultiDict[str], bytes, dict[str, Any]]:
             response = await self.transport.send(
                 url, self._headers(snapshot, extra, False), data, stream=False, budget=budget
             )
             self._observe(ledger, response.headers)
             raw = await response.read()
-            upstream_headers = dict(response.headers)
+            upstream_headers = CIMultiDict(response.headers)
             if not 200 <= response.status < 300:
                 raise classify_response(
                     response.status, upstream_headers, raw, now=self.clock.time()

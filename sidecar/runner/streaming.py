@@ -18,6 +18,8 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from multidict import CIMultiDict
+
 from .errors import RunnerError, TransportError, classify_error_payload, classify_response
 from .pricing import Cost
 from .ratelimit import RatePermit
@@ -86,7 +88,7 @@ class StreamAttempt:
         self._buffered: list[bytes] = []
         self._finish_by_choice: dict[int, str] = {}
         self.status = response.status
-        self.headers = dict(response.headers)
+        self.headers = CIMultiDict(response.headers)
         self.usage: Usage | None = None
         self.output_chars = 0
         self.done = False
@@ -296,7 +298,7 @@ async def open_stream(
     request_model: str | None = None,
 ) -> StreamAttempt:
     """Check the answer to a stream request and read up to its first event."""
-    headers = dict(response.headers)
+    headers = CIMultiDict(response.headers)
     if not 200 <= response.status < 300:
         raise classify_response(response.status, headers, await response.read(), now=now)
     content_type = headers.get("Content-Type", headers.get("content-type", ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -14,7 +15,12 @@ from typing import Any
 
 import pytest
 
-from openai_runtime_sidecar.logs import JsonFormatter, configure_logging, request_fields
+from openai_runtime_sidecar.logs import (
+    JsonFormatter,
+    RequestLog,
+    configure_logging,
+    request_fields,
+)
 from openai_runtime_sidecar.runner.errors import ContentFiltered
 from openai_runtime_sidecar.runner.pricing import Cost
 from openai_runtime_sidecar.runner.results import CallOutcome, Usage
@@ -215,3 +221,64 @@ def test_request_line_carries_no_content(stream: io.StringIO) -> None:
     assert line["error_type"] == "ContentFiltered"
     assert line["credential_fingerprint"] == "sha256:0123456789ab"
     assert "SENTINEL" not in stream.getvalue()
+
+
+@pytest.fixture
+def alone() -> Iterator[io.StringIO]:
+    """Only our handler on the root logger, as in the shipped process (no test capture)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    root.handlers = []
+    buffer = io.StringIO()
+    configure_logging("info", buffer)
+    yield buffer
+    for handler in root.handlers:
+        handler.close()
+    root.handlers = handlers
+    root.setLevel(level)
+
+
+@contextlib.contextmanager
+def only_ours() -> Iterator[None]:
+    """Without pytest's own capture handlers, which it adds for every test phase."""
+    root = logging.getLogger()
+    others = [h for h in root.handlers if type(h).__name__ != "_JsonHandler"]
+    for handler in others:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+
+
+def test_the_request_line_written_directly_is_the_logged_line(alone: io.StringIO) -> None:
+    logger = logging.getLogger("openai_runtime.requests")
+    fields = {"method": "POST", "status": 200, "msg": "a field named like a core key"}
+    direct = RequestLog(logger)
+    with only_ours():
+        assert direct._sole_handler() is not None, "the shipped set-up takes the direct path"
+        direct.write("request", fields)
+        logger.info("request", extra={"fields": fields})
+    written, logged = lines(alone)
+    assert list(written) == list(logged)  # same keys, same order
+    assert {k: v for k, v in written.items() if k != "ts"} == {
+        k: v for k, v in logged.items() if k != "ts"
+    }
+    assert written["field.msg"] == "a field named like a core key"
+
+
+def test_the_request_line_goes_through_logging_when_others_listen(
+    alone: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="openai_runtime.requests")
+    RequestLog(logging.getLogger("openai_runtime.requests")).write("request", {"status": 201})
+    assert [record.fields for record in caplog.records] == [{"status": 201}]  # type: ignore[attr-defined]
+    assert lines(alone)[0]["status"] == 201, "and our handler still writes it"
+
+
+def test_the_request_line_keeps_the_level_check(alone: io.StringIO) -> None:
+    configure_logging("warning", alone)
+    with only_ours():
+        RequestLog(logging.getLogger("openai_runtime.requests")).write("request", {"status": 200})
+    assert alone.getvalue() == ""
