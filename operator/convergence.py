@@ -3,8 +3,9 @@
 After a rotation the pods' sidecars pick the new key up from their Secret
 volume once kubelet refreshes it (the nudge in :mod:`.rotation` hurries that
 along). Each sidecar shows the fingerprint it serves on its admin listener
-(``GET http://<podIP>:9464/status`` -> ``credential.fingerprint``, see
-``openai_runtime_sidecar.admin``). :func:`probe_pods` asks every Running pod
+(``GET http://<podIP>:<admin port>/status`` -> ``credential.fingerprint``, see
+``openai_runtime_sidecar.admin``; port and path from
+:mod:`openai_runtime_sidecar.contract`). :func:`probe_pods` asks every Running pod
 of the runtime, a few at a time with a short timeout; a pod that does not
 answer, or answers with something else, counts as not current and never fails
 the caller. :func:`update_convergence` writes ``status.convergence = {pods,
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+from openai_runtime_sidecar.contract import ADMIN_PORT, STATUS_PATH
 
 from .kubeapi import resource_path
 from .models import API_VERSION, LABEL_RUNTIME, PLURAL, ConvergenceStatus
@@ -49,9 +52,9 @@ logger = logging.getLogger(__name__)
 class ConvergenceSettings:
     """Where the sidecars' admin listeners are and how patiently to ask them."""
 
-    port: int = 9464
+    port: int = ADMIN_PORT
     scheme: str = "http"
-    path: str = "/status"
+    path: str = STATUS_PATH
     timeout: float = 1.0
     """Seconds per pod and request, connecting included."""
     concurrency: int = 16

@@ -14,6 +14,10 @@ which kopf turns into the JSONPatch of the admission response.
 Pods that cannot be served are denied rather than admitted without the sidecar:
 a missing or invalid runtime, and ``hostNetwork`` pods (the sidecar's loopback
 API would be the node's, reachable by every pod on it).
+
+The ports, probe paths and mount points must be the ones the sidecar uses,
+so they come from :mod:`openai_runtime_sidecar.contract`; ``ADMIN_PORT``,
+``API_PORT``, ``BASE_URL`` and ``CONFIG_DIR`` are re-exported for callers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
+from openai_runtime_sidecar.contract import (
+    ADMIN_PORT,
+    API_PORT,
+    CONFIG_DIR,
+    CONFIG_FILE,
+    HEALTHZ_PATH,
+    KEY_DIR,
+    READYZ_PATH,
+)
+from openai_runtime_sidecar.contract import API_BASE_URL as BASE_URL
+
 from .context import OperatorContext
 from .kubeapi import resource_path
 from .models import (
@@ -33,12 +48,11 @@ from .models import (
     ANNOTATION_INJECTED,
     API_VERSION,
     CONTAINER_NAME,
-    KEY_MOUNT_DIR,
     LABEL_RUNTIME,
     PLURAL,
     OpenAiRuntimeSpec,
 )
-from .reconciling import CONFIG_KEY, configmap_name
+from .reconciling import configmap_name
 
 __all__ = [
     "ADMIN_PORT",
@@ -57,13 +71,9 @@ __all__ = [
     "mutate_pod",
 ]
 
-ADMIN_PORT = 9464
-API_PORT = 8787
-BASE_URL = f"http://127.0.0.1:{API_PORT}/v1"
 INJECTED_ENV = ("OPENAI_BASE_URL", "OPENAI_API_KEY")
 PLACEHOLDER_API_KEY = "injected-by-openai-runtime"
 """What apps see as OPENAI_API_KEY: the SDK insists on one; the sidecar holds the real key."""
-CONFIG_DIR = "/etc/openai-runtime"
 CONFIG_VOLUME = "openai-runtime-config"
 KEY_VOLUME = "openai-runtime-key"
 DENIED = 403
@@ -111,21 +121,21 @@ def _sidecar_container(spec: OpenAiRuntimeSpec) -> dict[str, Any]:
         "name": CONTAINER_NAME,
         "image": sidecar.image,
         "imagePullPolicy": sidecar.image_pull_policy,
-        "args": ["sidecar", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "args": ["sidecar", "--config", CONFIG_FILE],
         "ports": [{"name": "oair-admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}],
         "resources": sidecar.resources.model_dump(by_alias=True, mode="json"),
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": KEY_VOLUME, "mountPath": KEY_MOUNT_DIR, "readOnly": True},
+            {"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": True},
         ],
         # Native sidecars gate the app containers' start on the startup probe,
         # so the app's first call finds the sidecar listening. Liveness, not
         # readiness: with the key missing the app still starts and gets a clear
         # 503 credential_unavailable (the pod stays unready) instead of waiting
         # on a sidecar that kubelet keeps restarting.
-        "startupProbe": _probe("/healthz", period=1, failures=30),
-        "readinessProbe": _probe("/readyz", period=5, failures=3),
-        "livenessProbe": _probe("/healthz", period=10, failures=3),
+        "startupProbe": _probe(HEALTHZ_PATH, period=1, failures=30),
+        "readinessProbe": _probe(READYZ_PATH, period=5, failures=3),
+        "livenessProbe": _probe(HEALTHZ_PATH, period=10, failures=3),
         "securityContext": _security_context(),
     }
     if sidecar.native:

@@ -28,6 +28,7 @@ import aiohttp
 import kopf
 from opentelemetry import trace
 
+from openai_runtime_sidecar.contract import ADMIN_PORT
 from openai_runtime_sidecar.logs import configure_logging
 
 from .context import OperatorContext
@@ -38,7 +39,14 @@ from .networking import NetworkPolicySettings
 from .peering import PeeringSettings, own_identity, random_priority
 from .registry import LoginFn, build_registry, build_settings, default_login
 from .telemetry import export_traces_from_env
-from .webhooking import SelfSignedSettings, prepare_webhook, server_from_cert_dir
+from .webhooking import (
+    WEBHOOK_CONFIGURATION,
+    WEBHOOK_SECRET,
+    WEBHOOK_SERVICE,
+    SelfSignedSettings,
+    prepare_webhook,
+    server_from_cert_dir,
+)
 
 __all__ = ["build_parser", "build_webhook_server", "main", "network_policy_settings"]
 
@@ -122,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sidecar-admin-port",
         type=int,
-        default=9464,
+        default=ADMIN_PORT,
         metavar="PORT",
         help="where sidecars answer GET /status, for convergence (default %(default)s)",
     )
@@ -171,13 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     webhook.add_argument(
         "--webhook-service",
-        default="openai-runtime-webhook",
+        default=WEBHOOK_SERVICE,
         metavar="NAME",
         help="the webhook Service; the self-signed certificate names it (default %(default)s)",
     )
     webhook.add_argument(
         "--webhook-secret",
-        default="openai-runtime-webhook-tls",
+        default=WEBHOOK_SECRET,
         metavar="NAME",
         help="the Secret holding the self-signed certificate (default %(default)s)",
     )
@@ -191,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     webhook.add_argument(
         "--webhook-configuration",
-        default="openai-runtime",
+        default=WEBHOOK_CONFIGURATION,
         metavar="NAME",
         help="the MutatingWebhookConfiguration whose caBundle is set to the self-signed "
         "certificate (default %(default)s)",

@@ -12,6 +12,7 @@ Pure code: no kopf, no kubernetes client, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -26,14 +27,15 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from openai_runtime_sidecar.config import ModelSettings, RuntimeRef, SidecarConfig
+from openai_runtime_sidecar.contract import DEFAULT_SECRET_KEY, key_file
 from openai_runtime_sidecar.runner.config import (
     CircuitBreakerSettings,
+    ConfigModel,
     RateLimitSettings,
     RetrySettings,
     SecretRef,
     TimeoutSettings,
     Variant,
-    _Model,
 )
 from openai_runtime_sidecar.runner.pricing import ModelPrice
 
@@ -47,7 +49,6 @@ __all__ = [
     "CRD_NAME",
     "DEFAULT_IMAGE",
     "GROUP",
-    "KEY_MOUNT_DIR",
     "KIND",
     "LABEL_RUNTIME",
     "MAX_ALLOWED_MODELS",
@@ -64,6 +65,7 @@ __all__ = [
     "SecretKeyRef",
     "SidecarResources",
     "SidecarSettings",
+    "api_key_secret",
     "key_file_path",
     "render_sidecar_config",
 ]
@@ -86,10 +88,7 @@ ANNOTATION_CREDENTIAL_VERSION = f"{GROUP}/credential-version"
 CONTAINER_NAME = "openai-runtime"
 """Name of the injected sidecar container."""
 
-KEY_MOUNT_DIR = "/var/run/secrets/openai-runtime"
-"""Where the key's Secret volume is mounted in the sidecar (whole volume, never subPath)."""
-
-DEFAULT_IMAGE = "ghcr.io/atomr/openai-runtime:0.1.0"
+DEFAULT_IMAGE = "ghcr.io/atomr/openai-runtime-sidecar:0.1.0"
 
 CONDITION_READY = "Ready"
 CONDITION_CREDENTIAL_RESOLVED = "CredentialResolved"
@@ -111,14 +110,14 @@ _QUANTITY = (
 )
 
 
-class SecretKeyRef(_Model):
+class SecretKeyRef(ConfigModel):
     """One key of a Secret in the runtime's namespace."""
 
     name: str = Field(
         min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN, description="Secret name."
     )
     key: str = Field(
-        default="api-key",
+        default=DEFAULT_SECRET_KEY,
         min_length=1,
         max_length=253,
         pattern=_SECRET_KEY,
@@ -147,7 +146,7 @@ Quantity = Annotated[
 """A Kubernetes resource quantity, kept as its text."""
 
 
-class SidecarResources(_Model):
+class SidecarResources(ConfigModel):
     """Compute resources of the injected sidecar container."""
 
     requests: dict[str, Quantity] = Field(
@@ -164,7 +163,7 @@ class SidecarResources(_Model):
     )
 
 
-class SidecarSettings(_Model):
+class SidecarSettings(ConfigModel):
     """How the webhook injects the sidecar into opted-in pods."""
 
     image: str = Field(default=DEFAULT_IMAGE, min_length=1, description="Sidecar image.")
@@ -183,7 +182,7 @@ class SidecarSettings(_Model):
     )
 
 
-class OpenAiRuntimeSpec(_Model):
+class OpenAiRuntimeSpec(ConfigModel):
     """Desired state: one upstream, one key, the models apps may use, and every policy."""
 
     variant: Variant = Field(description="Exactly one of direct or azure.")
@@ -303,14 +302,28 @@ class OpenAiRuntimeStatus(_StatusModel):
 
 def key_file_path(spec: OpenAiRuntimeSpec) -> str:
     """Where the sidecar reads the key: the Secret volume's file for the referenced key."""
-    return f"{KEY_MOUNT_DIR}/{spec.api_key_secret_ref.key}"
+    return key_file(spec.api_key_secret_ref.key)
+
+
+def api_key_secret(spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The Secret name and key an unvalidated spec refers to, if it names a Secret.
+
+    Read from the raw object, not the model, so that the key's status is
+    reported (and rotations followed) even while another field is invalid.
+    """
+    ref = spec.get("apiKeySecretRef")
+    if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
+        return None
+    key = ref.get("key", DEFAULT_SECRET_KEY)
+    return ref["name"], key if isinstance(key, str) else DEFAULT_SECRET_KEY
 
 
 def render_sidecar_config(namespace: str, name: str, spec: OpenAiRuntimeSpec) -> SidecarConfig:
     """The sidecar config for runtime ``namespace/name``: the spec's policies, the key's file.
 
     Listen addresses, request limits and file watching keep the sidecar's
-    defaults (the contract in DESIGN.md); everything the spec says is copied.
+    defaults (the ports are :mod:`openai_runtime_sidecar.contract`'s, which the
+    webhook relies on); everything the spec says is copied.
     """
     return SidecarConfig(
         runtime=RuntimeRef(namespace=namespace, name=name),

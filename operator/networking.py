@@ -1,6 +1,7 @@
 """The NetworkPolicy that fences a runtime's sidecar admin port off the pod network.
 
-The sidecar's admin listener (``--sidecar-admin-port``, 9464) answers
+The sidecar's admin listener (``--sidecar-admin-port``, by default the
+contract's ``ADMIN_PORT``) answers
 ``/status`` and ``/metrics`` on the pod IP, so without a policy every pod of
 the cluster can reach it. A NetworkPolicy only selects pods of its own
 namespace, and deploy/ cannot know the apps' namespaces, so the operator
@@ -31,6 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from openai_runtime_sidecar.contract import ADMIN_PORT
+
 from .models import LABEL_RUNTIME
 from .owning import existing_or_created, metadata_in_place, metadata_patch, own
 
@@ -59,7 +62,7 @@ class NetworkPolicySettings:
     """Where the operator runs: its convergence checks ask every pod's ``/status``."""
     monitoring_namespaces: Sequence[str] = ("monitoring",)
     """Where Prometheus runs, scraping the sidecars' ``/metrics``."""
-    port: int = 9464
+    port: int = ADMIN_PORT
     """The sidecars' admin port (the same as the convergence checks ask)."""
 
 

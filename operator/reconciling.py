@@ -28,11 +28,14 @@ import kopf
 import yaml
 from pydantic import ValidationError
 
+from openai_runtime_sidecar.contract import CONFIG_KEY
+
 from .context import OperatorContext
 from .kubeapi import KubeApiError, resource_path
 from .models import (
     CONDITION_READY,
     OpenAiRuntimeSpec,
+    api_key_secret,
     render_sidecar_config,
 )
 from .networking import (
@@ -63,7 +66,6 @@ __all__ = [
     "render_configmap",
 ]
 
-CONFIG_KEY = "config.yaml"
 MANAGED_BY = "openai-runtime-operator"
 
 
@@ -158,14 +160,6 @@ def describe_spec_error(exc: ValidationError) -> str:
     return "invalid spec: " + "; ".join(problems)
 
 
-def _secret_ref(spec: Mapping[str, Any]) -> tuple[str, str] | None:
-    ref = spec.get("apiKeySecretRef")
-    if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
-        return None
-    key = ref.get("key", "api-key")
-    return ref["name"], key if isinstance(key, str) else "api-key"
-
-
 def parse_spec(spec: Mapping[str, Any], generation: Any) -> SpecVerdict:
     """The verdict on a spec: the parsed model, or which fields are invalid."""
     generation = generation if isinstance(generation, int) else None
@@ -218,7 +212,7 @@ async def _reconcile(
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> StatusChange | None:
     verdict = parse_spec(spec, meta.get("generation"))
-    ref = _secret_ref(spec)
+    ref = api_key_secret(spec)
 
     async def observe(runtime: Mapping[str, Any]) -> Observation:
         if verdict.spec is not None:

@@ -28,7 +28,7 @@ from .posting import post_event
 from .reconciling import reconcile
 from .resync import resync_forever
 from .rotation import on_secret_event, runtime_pods, runtimes_by_secret, secret_digest
-from .webhooking import keep_ca_bundle_published
+from .webhooking import WEBHOOK_CONFIGURATION, keep_ca_bundle_published
 
 __all__ = ["LoginFn", "build_registry", "build_settings", "default_login"]
 
@@ -84,7 +84,7 @@ def build_registry(
     admission: bool = False,
     peering: PeeringSettings | None = None,
     webhook: NamespacedWebhookServer | None = None,
-    webhook_configuration: str = "openai-runtime",
+    webhook_configuration: str = WEBHOOK_CONFIGURATION,
     ca_interval: float = 60.0,
 ) -> kopf.OperatorRegistry:
     """A registry with all the operator's handlers, sharing ``ctx``.

@@ -33,6 +33,7 @@ from .models import (
     ANNOTATION_CREDENTIAL_VERSION,
     CONDITION_CREDENTIAL_RESOLVED,
     OpenAiRuntimeStatus,
+    api_key_secret,
 )
 from .posting import post_event
 from .status import Observation, StatusChange, resolve_credential, write_status
@@ -159,14 +160,11 @@ async def refresh_credential(
         if runtime.get("metadata", {}).get("deletionTimestamp"):
             return None
         spec = runtime.get("spec") or {}
-        ref = spec.get("apiKeySecretRef") if isinstance(spec, Mapping) else None
-        if not isinstance(ref, Mapping) or ref.get("name") != secret_name:
+        ref = api_key_secret(spec) if isinstance(spec, Mapping) else None
+        if ref is None or ref[0] != secret_name:
             return None  # the index lagged behind a spec change
-        key = ref.get("key", "api-key")
         secret = await ctx.api.get(resource_path("v1", "secrets", namespace, secret_name))
-        resolution = resolve_credential(
-            secret_name, key if isinstance(key, str) else "api-key", secret
-        )
+        resolution = resolve_credential(secret_name, ref[1], secret)
         return Observation(spec=None, credential=resolution)
 
     written = await write_status(ctx, namespace, runtime_name, observe)

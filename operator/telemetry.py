@@ -22,42 +22,38 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import cast
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 
+from openai_runtime_sidecar.otlp import OtlpExporters, otlp_resource
 from openai_runtime_sidecar.prometheus import PrometheusReader
 
-__all__ = ["OperatorTelemetry", "export_traces_from_env"]
+__all__ = ["SERVICE_NAME", "OperatorTelemetry", "export_traces_from_env"]
 
 _SCOPE = "openai_runtime_operator"
-
-
-_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+SERVICE_NAME = "openai-runtime-operator"
+"""The exports' ``service.name`` unless the deployment sets ``OTEL_SERVICE_NAME``."""
 
 
 def export_traces_from_env(environ: Mapping[str, str]) -> SdkTracerProvider | None:
     """An SDK tracer provider exporting over OTLP/HTTP, when configured (else None).
 
-    Only when a standard ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variable is set (and
-    the SDK is not disabled); the exporter reads its endpoint, headers and
-    timeouts from those variables itself. The caller installs it and shuts it down.
+    The sidecar's rules decide (:mod:`openai_runtime_sidecar.otlp`), so both
+    read the same ``OTEL_*`` variables the same way: a traces or generic
+    endpoint must be set, and neither the SDK nor the traces exporter turned
+    off. The caller installs the provider and shuts it down.
     """
-    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    exporter = OtlpExporters(environ).traces()
+    if exporter is None:
         return None
-    if not any(environ.get(name, "").strip() for name in _OTLP_ENDPOINTS):
-        return None
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    provider = SdkTracerProvider(
-        resource=Resource.create({"service.name": "openai-runtime-operator"})
-    )
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider = SdkTracerProvider(resource=otlp_resource(SERVICE_NAME))
+    provider.add_span_processor(BatchSpanProcessor(cast(SpanExporter, exporter)))
     return provider
 
 

@@ -44,6 +44,9 @@ from .kubeapi import KubeApi, KubeApiError, resource_path
 
 __all__ = [
     "MWC_PATH",
+    "WEBHOOK_CONFIGURATION",
+    "WEBHOOK_SECRET",
+    "WEBHOOK_SERVICE",
     "SelfSignedSettings",
     "ServingCertificate",
     "bundle_with",
@@ -63,6 +66,12 @@ MWC_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 CERT_KEY = "tls.crt"
 PKEY_KEY = "tls.key"
 
+# The names deploy/ and the chart give these objects; the command line can
+# override each, and these are its defaults.
+WEBHOOK_SERVICE = "openai-runtime-webhook"
+WEBHOOK_SECRET = "openai-runtime-webhook-tls"
+WEBHOOK_CONFIGURATION = "openai-runtime"
+
 
 @dataclass(frozen=True)
 class SelfSignedSettings:
@@ -70,11 +79,11 @@ class SelfSignedSettings:
 
     namespace: str
     """The operator's namespace: the Service and the Secret are there."""
-    service: str = "openai-runtime-webhook"
+    service: str = WEBHOOK_SERVICE
     """The webhook Service; the certificate is valid for its cluster DNS names."""
-    secret: str = "openai-runtime-webhook-tls"
+    secret: str = WEBHOOK_SECRET
     """The ``kubernetes.io/tls`` Secret that every replica shares."""
-    configuration: str = "openai-runtime"
+    configuration: str = WEBHOOK_CONFIGURATION
     """The MutatingWebhookConfiguration whose ``caBundle`` is written."""
     validity: datetime.timedelta = datetime.timedelta(days=3650)
     """How long a new certificate is valid (default 10 years)."""

@@ -4,7 +4,9 @@ A :class:`SidecarConfig` is the runner's :class:`~.runner.OpenAiConfig` plus
 what only a server needs: which runtime it serves, where it listens, which
 models apps may ask for, request limits, how often files are re-read, and how
 long a shutdown may drain. The operator imports this module (never the
-other way round) and renders it into the ConfigMap the sidecar mounts.
+other way round) and renders it into the ConfigMap the sidecar mounts. The
+default listen addresses and key file are the operator's too, so they come
+from :mod:`.contract`.
 
 Environment overrides (for the key reference only, so a Deployment can point
 the sidecar at a differently mounted Secret without editing the ConfigMap):
@@ -21,7 +23,8 @@ from typing import Any, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .configfile import ConfigError, describe_validation_error, load_document
-from .runner.config import OpenAiConfig, SecretRef, _Model
+from .contract import ADMIN_LISTEN, API_LISTEN, DEFAULT_KEY_FILE
+from .runner.config import ConfigModel, OpenAiConfig, SecretRef
 from .runner.durations import Duration
 
 __all__ = [
@@ -40,9 +43,8 @@ __all__ = [
     "parse_listen",
 ]
 
-DEFAULT_API_LISTEN = "127.0.0.1:8787"
-DEFAULT_ADMIN_LISTEN = "0.0.0.0:9464"
-DEFAULT_KEY_FILE = "/var/run/secrets/openai-runtime/api-key"
+DEFAULT_API_LISTEN = API_LISTEN
+DEFAULT_ADMIN_LISTEN = ADMIN_LISTEN
 KEY_FILE_ENV = "OPENAI_RUNTIME_API_KEY_FILE"
 KEY_ENV_ENV = "OPENAI_RUNTIME_API_KEY_ENV"
 
@@ -55,7 +57,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class RuntimeRef(_Model):
+class RuntimeRef(ConfigModel):
     """Which OpenAiRuntime this sidecar serves (labels on metrics, spans and logs)."""
 
     namespace: str = Field(default="default", min_length=1)
@@ -65,7 +67,7 @@ class RuntimeRef(_Model):
         return f"{self.namespace}/{self.name}"
 
 
-class ModelSettings(_Model):
+class ModelSettings(ConfigModel):
     """Which models apps may ask for."""
 
     allow: list[str] = Field(
@@ -89,7 +91,7 @@ class ModelSettings(_Model):
         return model
 
 
-class ListenSettings(_Model):
+class ListenSettings(ConfigModel):
     """Where the two listeners bind."""
 
     api: str = Field(
@@ -107,7 +109,7 @@ class ListenSettings(_Model):
         return value
 
 
-class LimitSettings(_Model):
+class LimitSettings(ConfigModel):
     """Bounds on what a client may send."""
 
     max_request_bytes: int = Field(
@@ -134,7 +136,7 @@ class LimitSettings(_Model):
     )
 
 
-class ListenerLimits(_Model):
+class ListenerLimits(ConfigModel):
     """How long one listener keeps an idle connection and how many it keeps open."""
 
     idle_timeout: Duration = Field(
@@ -155,7 +157,7 @@ class ListenerLimits(_Model):
     )
 
 
-class ConnectionSettings(_Model):
+class ConnectionSettings(ConfigModel):
     """Bounds on client connections, so idle or slow clients cannot use up descriptors."""
 
     header_timeout: Duration = Field(
@@ -178,7 +180,7 @@ class ConnectionSettings(_Model):
     )
 
 
-class WatchSettings(_Model):
+class WatchSettings(ConfigModel):
     """How the key and config files are followed."""
 
     interval: Duration = Field(

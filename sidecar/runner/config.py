@@ -22,6 +22,7 @@ from .pricing import ModelPrice
 __all__ = [
     "AzureVariant",
     "CircuitBreakerSettings",
+    "ConfigModel",
     "DirectVariant",
     "OpenAiConfig",
     "RateLimitSettings",
@@ -32,7 +33,14 @@ __all__ = [
 ]
 
 
-class _Model(BaseModel):
+class ConfigModel(BaseModel):
+    """The base of every config model, here and in the sidecar's and the operator's.
+
+    camelCase on the wire, snake_case in Python; unknown fields are errors (a
+    typo in a ConfigMap or a spec must not be ignored); frozen, so a loaded
+    config is shared without copies.
+    """
+
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
@@ -41,7 +49,7 @@ class _Model(BaseModel):
     )
 
 
-class SecretRef(_Model):
+class SecretRef(ConfigModel):
     """Where the API key lives: exactly one of an environment variable or a file.
 
     A file (a mounted Secret volume) is what rotates without a restart;
@@ -64,7 +72,7 @@ class SecretRef(_Model):
         return f"env:{self.env}" if self.env is not None else f"file:{self.file}"
 
 
-class DirectVariant(_Model):
+class DirectVariant(ConfigModel):
     """api.openai.com or any OpenAI-compatible endpoint, authenticated with a Bearer token."""
 
     endpoint: str = Field(
@@ -99,7 +107,7 @@ def _date_as_text(value: Any) -> Any:
 ApiVersion = Annotated[str, BeforeValidator(_date_as_text)]
 
 
-class AzureVariant(_Model):
+class AzureVariant(ConfigModel):
     """Azure OpenAI: one deployment of one resource, authenticated with the ``api-key`` header."""
 
     resource: str | None = Field(
@@ -155,7 +163,7 @@ class AzureVariant(_Model):
         return "azure"
 
 
-class Variant(_Model):
+class Variant(ConfigModel):
     """Exactly one of ``direct`` or ``azure``."""
 
     direct: DirectVariant | None = None
@@ -177,7 +185,7 @@ class Variant(_Model):
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
-class RateLimitSettings(_Model):
+class RateLimitSettings(ConfigModel):
     """Local admission control. ``null`` (None) switches a budget off."""
 
     requests_per_minute: PositiveInt | None = Field(default=500, description="Requests per minute.")
@@ -195,7 +203,7 @@ class RateLimitSettings(_Model):
     )
 
 
-class RetrySettings(_Model):
+class RetrySettings(ConfigModel):
     """How often and how patiently a failed call is tried again."""
 
     max_attempts: PositiveInt = Field(
@@ -212,7 +220,7 @@ class RetrySettings(_Model):
     )
 
 
-class CircuitBreakerSettings(_Model):
+class CircuitBreakerSettings(ConfigModel):
     """Stop calling an unhealthy upstream for a while (only 5xx, timeouts, transport count)."""
 
     failure_threshold: PositiveInt = Field(default=5, description="Consecutive failures to open.")
@@ -222,7 +230,7 @@ class CircuitBreakerSettings(_Model):
     )
 
 
-class TimeoutSettings(_Model):
+class TimeoutSettings(ConfigModel):
     """Upper bounds on each phase of a call, in seconds."""
 
     connect: Duration = Field(default=5.0, description="TCP + TLS connect.")
@@ -236,7 +244,7 @@ class TimeoutSettings(_Model):
     )
 
 
-class OpenAiConfig(_Model):
+class OpenAiConfig(ConfigModel):
     """Everything the runner needs to talk to one OpenAI or Azure OpenAI upstream."""
 
     variant: Variant

@@ -28,7 +28,6 @@ from openai_runtime_operator.crd import PRINTER_COLUMNS, REGENERATE, build_crd, 
 from openai_runtime_operator.models import (
     API_VERSION,
     CRD_NAME,
-    KEY_MOUNT_DIR,
     KIND,
     OpenAiRuntimeSpec,
     OpenAiRuntimeStatus,
@@ -36,6 +35,7 @@ from openai_runtime_operator.models import (
 )
 from openai_runtime_sidecar import cli
 from openai_runtime_sidecar.config import DEFAULT_KEY_FILE, SidecarConfig, load_sidecar_config
+from openai_runtime_sidecar.contract import KEY_DIR
 from openai_runtime_sidecar.runner.config import TimeoutSettings
 
 from .k8sschema import CEL, cel_errors, json_schema, rules, schema_errors, structural_problems
@@ -267,7 +267,7 @@ def test_render_sidecar_config(name: str, tmp_path: Path) -> None:
     config = render_sidecar_config("team-a", document["metadata"]["name"], spec)
     assert isinstance(config, SidecarConfig)
     assert str(config.runtime) == f"team-a/{document['metadata']['name']}"
-    assert config.api_key.file == f"{KEY_MOUNT_DIR}/api-key" == DEFAULT_KEY_FILE
+    assert config.api_key.file == f"{KEY_DIR}/api-key" == DEFAULT_KEY_FILE
     assert config.variant == spec.variant and config.models == spec.models
     assert config.pricing == spec.pricing
     assert (config.rate_limits, config.retry) == (spec.rate_limits, spec.retry)
@@ -285,7 +285,7 @@ def test_render_uses_the_referenced_key_and_spec_defaults() -> None:
         {"variant": {"direct": {}}, "apiKeySecretRef": {"name": "k", "key": "token.txt"}}
     )
     config = render_sidecar_config("ns", "rt", spec)
-    assert config.api_key.file == f"{KEY_MOUNT_DIR}/token.txt"
+    assert config.api_key.file == f"{KEY_DIR}/token.txt"
     assert config.retry.max_attempts == 3 and config.timeouts.connect == 5
     assert spec.variant_name == "direct" and spec.target_model is None
     assert spec.sidecar.resources.requests == {"cpu": "50m", "memory": "64Mi"}
