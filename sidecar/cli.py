@@ -8,6 +8,7 @@ kubernetes imports).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
@@ -45,11 +46,45 @@ def _crd(argv: Sequence[str]) -> int:
     return crd_main(argv)
 
 
+# The `openai-runtime[operator]` extra: what the operator imports beyond the
+# sidecar's install (the sidecar image leaves them out).
+OPERATOR_EXTRA = ("kopf", "kubernetes", "cryptography")
+OPERATOR_INSTALL = "pip install 'openai-runtime[operator]'"
+
+
+def _missing_operator_extra() -> list[str]:
+    # Checked up front: cryptography is imported only once the webhook starts,
+    # which would otherwise fail late with a traceback.
+    missing = []
+    for name in OPERATOR_EXTRA:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def _operator(argv: Sequence[str]) -> int:
     # kopf and the operator load only here: the sidecar never pays for them.
-    from openai_runtime_operator.main import main as operator_main
-
-    return operator_main(argv)
+    missing = _missing_operator_extra()
+    if not missing:
+        try:
+            from openai_runtime_operator.main import main as operator_main
+        except ModuleNotFoundError as exc:
+            root = (exc.name or "").partition(".")[0]
+            if root not in OPERATOR_EXTRA:
+                raise
+            missing = [root]
+        else:
+            return operator_main(argv)
+    print(
+        f"openai-runtime operator: {', '.join(missing)} not installed;"
+        f" the operator is an optional extra: {OPERATOR_INSTALL}",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def _demo(argv: Sequence[str]) -> int:

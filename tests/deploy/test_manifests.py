@@ -478,8 +478,46 @@ def test_dockerfile_entrypoint_and_default_command() -> None:
     final = _final_stage()
     assert 'ENTRYPOINT ["openai-runtime"]' in final
     assert 'CMD ["sidecar", "--config", "/etc/openai-runtime/config.yaml"]' in final
-    assert final[0].startswith("FROM ${PYTHON_IMAGE}") or "python:3.11-slim" in final[0]
+    root = _root_image(final[0])
+    assert root.startswith("${PYTHON_IMAGE}") or "python:3.11-slim" in root
     assert any(line.startswith("ARG PYTHON_IMAGE=python:3.11-slim") for line in _dockerfile())
+
+
+def test_dockerfile_sidecar_and_operator_images() -> None:
+    """The default (last) image is the sidecar's, without the operator extra."""
+    stages = _stages()
+    assert stages[-1][0] == "sidecar"
+    sidecar, operator = (" ".join(dict(stages)[name]) for name in ("sidecar", "operator"))
+    assert "--find-links=/wheels openai-runtime " in sidecar
+    assert "[operator]" not in sidecar
+    assert '"openai-runtime[operator]"' in operator
+    assert 'CMD ["operator"]' in operator
+    for stage in (sidecar, operator):
+        assert 'ENTRYPOINT ["openai-runtime"]' in stage
+        assert "USER 65532:65532" in stage
+    # The wheels serve both images: built with the extra.
+    assert '"/src[operator]"' in " ".join(dict(stages)["build"])
+
+
+def _stages() -> list[tuple[str, list[str]]]:
+    """(name, lines) of each stage, in order; unnamed stages get ""."""
+    stages: list[tuple[str, list[str]]] = []
+    for line in _dockerfile():
+        if line.upper().startswith("FROM "):
+            words = line.split()
+            stages.append((words[3] if len(words) >= 4 and words[2].upper() == "AS" else "", []))
+        if stages:
+            stages[-1][1].append(line)
+    return stages
+
+
+def _root_image(from_line: str) -> str:
+    """The image a stage ends up on, following FROM through earlier stages."""
+    named = {name: lines[0] for name, lines in _stages() if name}
+    image = from_line.split()[1]
+    while image in named:
+        image = named[image].split()[1]
+    return image
 
 
 def test_dockerfile_is_multi_stage_and_installs_no_build_tools() -> None:

@@ -51,13 +51,20 @@ OPERATOR_DEPLOYMENT = "openai-runtime-operator"
 WEBHOOK_CONFIGURATION = "openai-runtime"
 APP_NAMESPACE = "openai-runtime-e2e"
 
-RELEASE_IMAGE = "ghcr.io/atomr/openai-runtime:0.1.0"
+RELEASE_OPERATOR_IMAGE = "ghcr.io/atomr/openai-runtime-operator:0.1.0"
+RELEASE_SIDECAR_IMAGE = "ghcr.io/atomr/openai-runtime-sidecar:0.1.0"
 RELEASE_DEMO_IMAGE = "ghcr.io/atomr/openai-runtime-demo:0.1.0"
+OPERATOR_IMAGE = "openai-runtime-operator:e2e"
 RUNTIME_IMAGE = "openai-runtime:e2e"
+"""The sidecar image the suite builds; it also serves the fake upstream."""
 DEMO_IMAGE = "openai-runtime-demo:e2e"
-IMAGES = {RELEASE_IMAGE: RUNTIME_IMAGE, RELEASE_DEMO_IMAGE: DEMO_IMAGE}
+IMAGES = {
+    RELEASE_OPERATOR_IMAGE: OPERATOR_IMAGE,
+    RELEASE_SIDECAR_IMAGE: RUNTIME_IMAGE,
+    RELEASE_DEMO_IMAGE: DEMO_IMAGE,
+}
 """Released image -> the image built by the suite and loaded into kind."""
-DOCKER_TARGETS = {RUNTIME_IMAGE: "runtime", DEMO_IMAGE: "demo"}
+DOCKER_TARGETS = {OPERATOR_IMAGE: "operator", RUNTIME_IMAGE: "sidecar", DEMO_IMAGE: "demo"}
 """Image the suite builds -> its Dockerfile target."""
 
 RUNTIME_NAME = "openai"

@@ -3,7 +3,7 @@
 Needs Docker (with an engine), kind and kubectl; skips itself, saying which is
 missing, otherwise (or with OPENAI_RUNTIME_E2E_SKIP=1). It creates a kind cluster
 (``openai-runtime-e2e``, or reuses the one OPENAI_RUNTIME_E2E_CLUSTER names),
-builds the runtime and demo images from the Dockerfile and loads them into kind,
+builds the operator, sidecar and demo images from the Dockerfile and loads them into kind,
 installs deploy/ with the operator image replaced, runs a fake upstream, the
 example Secret, runtime and demo app (see plan.py), and checks, on the cluster:
 
@@ -34,7 +34,7 @@ from openai_runtime_sidecar.runner.credentials import fingerprint
 from . import plan
 from .plan import CommandError, Obj, run, wait_until
 
-# Creating a cluster and building two images come first: minutes, not seconds.
+# Creating a cluster and building three images come first: minutes, not seconds.
 pytestmark = pytest.mark.timeout(1800)
 
 OLD_KEY, NEW_KEY = plan.KEYS

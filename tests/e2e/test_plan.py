@@ -135,17 +135,17 @@ def test_the_secret_holds_the_key_as_data(key: str) -> None:
 
 def test_the_install_replaces_exactly_the_operator_image() -> None:
     base = plan.base_objects()
-    assert plan.images_of(base) == {plan.RELEASE_IMAGE}
+    assert plan.images_of(base) == {plan.RELEASE_OPERATOR_IMAGE}
     replaced_objects, replaced = plan.replace_images(base, plan.IMAGES)
     assert replaced == [f"Deployment/{plan.OPERATOR_DEPLOYMENT}/operator"]
-    assert plan.images_of(replaced_objects) == {plan.RUNTIME_IMAGE}
-    assert plan.images_of(base) == {plan.RELEASE_IMAGE}  # the input is untouched
+    assert plan.images_of(replaced_objects) == {plan.OPERATOR_IMAGE}
+    assert plan.images_of(base) == {plan.RELEASE_OPERATOR_IMAGE}  # the input is untouched
     crds, rest = plan.install_objects(base)
     assert crds and all(o["kind"] == "CustomResourceDefinition" for o in crds)
     assert {o["metadata"]["name"] for o in crds} >= {f"{models.PLURAL}.{models.GROUP}"}
     assert len(crds) + len(rest) == len(base)
     assert not any(o["kind"] == "CustomResourceDefinition" for o in rest)
-    assert plan.images_of(rest) == {plan.RUNTIME_IMAGE}
+    assert plan.images_of(rest) == {plan.OPERATOR_IMAGE}
     (operator,) = [c for o in rest for c in containers(o)]
     assert operator["imagePullPolicy"] == "Never"
 
@@ -155,7 +155,7 @@ def test_replace_images_covers_init_containers_and_pods() -> None:
         "kind": "Pod",
         "metadata": {"name": "p"},
         "spec": {
-            "initContainers": [{"name": "i", "image": plan.RELEASE_IMAGE}],
+            "initContainers": [{"name": "i", "image": plan.RELEASE_SIDECAR_IMAGE}],
             "containers": [{"name": "c", "image": "busybox:1.36"}],
         },
     }
@@ -169,6 +169,7 @@ def test_the_suite_agrees_with_the_operator_and_the_webhook() -> None:
     assert plan.ANNOTATION_INJECTED == models.ANNOTATION_INJECTED
     assert plan.ANNOTATION_CREDENTIAL_VERSION == models.ANNOTATION_CREDENTIAL_VERSION
     assert plan.SIDECAR_CONTAINER == models.CONTAINER_NAME
+    assert plan.RELEASE_SIDECAR_IMAGE == models.DEFAULT_IMAGE
     assert plan.ADMIN_PORT == injecting.ADMIN_PORT
     base = plan.base_objects()
     (webhook_config,) = [o for o in base if o["kind"] == "MutatingWebhookConfiguration"]
@@ -202,11 +203,11 @@ def _stages() -> list[tuple[str, list[str]]]:
     return stages
 
 
-def test_the_dockerfile_has_the_suites_targets_and_runtime_stays_the_default() -> None:
+def test_the_dockerfile_has_the_suites_targets_and_sidecar_is_the_default() -> None:
     stages = _stages()
     names = [name for name, _ in stages]
     assert set(plan.DOCKER_TARGETS.values()) <= set(names)
-    assert names[-1] == "runtime"  # `docker build .` builds the last stage
+    assert names[-1] == "sidecar"  # `docker build .` builds the last stage
     demo = dict(stages)["demo"]
     assert 'ENTRYPOINT ["python", "/app/demo_app.py"]' in demo
     assert "COPY examples/demo_app.py /app/demo_app.py" in demo

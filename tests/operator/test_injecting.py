@@ -37,9 +37,9 @@ from openai_runtime_operator.models import (
     ANNOTATION_CREDENTIAL_VERSION,
     ANNOTATION_INJECTED,
     CONTAINER_NAME,
-    KEY_MOUNT_DIR,
 )
 from openai_runtime_operator.registry import build_registry, build_settings
+from openai_runtime_sidecar.contract import KEY_DIR
 
 from ..support import apply_patch
 from .inprocess import InProcessKopf
@@ -84,7 +84,7 @@ def test_native_sidecar_is_first_init_container() -> None:
     assert sidecar["restartPolicy"] == "Always"
     assert [c["name"] for c in result["spec"]["containers"]] == ["app"]
     assert sidecar["args"] == ["sidecar", "--config", "/etc/openai-runtime/config.yaml"]
-    assert sidecar["image"] == "ghcr.io/atomr/openai-runtime:0.1.0"
+    assert sidecar["image"] == "ghcr.io/atomr/openai-runtime-sidecar:0.1.0"
     assert sidecar["imagePullPolicy"] == "IfNotPresent"
     assert sidecar["resources"] == {
         "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -159,7 +159,7 @@ def test_volumes_mounted_whole_and_read_only() -> None:
         "mountPath": "/etc/openai-runtime",
         "readOnly": True,
     }
-    assert mounts[KEY_VOLUME] == {"name": KEY_VOLUME, "mountPath": KEY_MOUNT_DIR, "readOnly": True}
+    assert mounts[KEY_VOLUME] == {"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": True}
     assert all("subPath" not in m and "subPathExpr" not in m for m in mounts.values())
 
 
