@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from openai_runtime_sidecar.app import Sidecar  # noqa: E402
 from openai_runtime_sidecar.config import SidecarConfig  # noqa: E402
-from openai_runtime_sidecar.fakeupstream import FakeUpstream  # noqa: E402
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream  # noqa: E402
 
 KEY = "sk-bench-scrape-0000000000000000"
 FAMILIES = ("gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3", "o4-mini", "gpt-5", "o1")

@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 
 def _fake_upstream(argv: Sequence[str]) -> int:
-    from .fakeupstream import main as fake_main
+    from .fakes.upstream import main as fake_main
 
     return fake_main(list(argv))
 
@@ -88,7 +88,7 @@ def _operator(argv: Sequence[str]) -> int:
 
 
 def _demo(argv: Sequence[str]) -> int:
-    from .demo import main as demo_main
+    from .fakes.demo import main as demo_main
 
     return demo_main(argv)
 

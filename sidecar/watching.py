@@ -1,7 +1,7 @@
 """Following the key and config files as kubelet updates them.
 
 kubelet never rewrites a mounted Secret or ConfigMap file in place: it
-renames a new ``..data`` symlink over the old one (see ``secretvolume.py``).
+renames a new ``..data`` symlink over the old one (see ``fakes/secretvolume.py``).
 Watching the inode first opened would miss that, and inotify watches on the
 file would follow the old target. So this module polls: every ``interval``
 it ``stat``s the path *through* its symlinks and compares (device, inode,

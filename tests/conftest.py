@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 
 from .support import NEW_KEY, OLD_KEY, SecretVolume
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from openai_runtime_sidecar.secretvolume import SecretVolume
+from openai_runtime_sidecar.fakes.secretvolume import SecretVolume
 
 OLD_KEY = "sk-test-old-0000000000000000"
 NEW_KEY = "sk-test-new-1111111111111111"

@@ -25,7 +25,7 @@ from openai_runtime_operator import injecting, models
 from openai_runtime_operator.crd import build_crd
 from openai_runtime_operator.models import OpenAiRuntimeSpec
 from openai_runtime_sidecar.app import Sidecar
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from tests.operator.k8sschema import cel_errors, schema_errors
 
 from . import plan

@@ -35,7 +35,7 @@ from openai_runtime_operator.convergence import ConvergenceSettings, probe_pods
 from openai_runtime_sidecar.admin import build_admin_app, is_loopback_peer, unready_codes
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.telemetry import Telemetry
 from tests.support import OLD_KEY, SecretVolume
 

@@ -24,7 +24,7 @@ import pytest
 
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.listening import (
     ACCEPT_ERROR_MESSAGE,
     AcceptErrorThrottle,

@@ -14,7 +14,7 @@ import aiohttp
 import openai
 import pytest
 
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from tests.support import SecretVolume
 
 from ..sidecar.test_lifecycle import SidecarProcess, write_config

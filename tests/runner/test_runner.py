@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.runner import (
     AuthenticationFailed,
     CircuitOpen,

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.runner import ManualClock
 from openai_runtime_sidecar.telemetry import Telemetry
 from tests.support import SecretVolume

@@ -1,6 +1,6 @@
 """The fake upstream on its own, and the SDK clients pointed straight at it.
 
-Shared by the tests of :mod:`openai_runtime_sidecar.fakeupstream` and its
+Shared by the tests of :mod:`openai_runtime_sidecar.fakes.upstream` and its
 routes (no sidecar in between): two accepted keys, and clients of each dialect.
 """
 
@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import pytest
 
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 
 __all__ = ["API_VERSION", "KEY", "OTHER_KEY", "azure", "direct", "fake", "fingerprint", "session"]
 

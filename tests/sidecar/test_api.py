@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from openai_runtime_sidecar.app import Sidecar
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.runner import fingerprint
 from tests.sidecar.conftest import SidecarFactory
 from tests.support import NEW_KEY, OLD_KEY

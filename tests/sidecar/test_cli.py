@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from openai_runtime_sidecar import demo
 from openai_runtime_sidecar.cli import main
+from openai_runtime_sidecar.fakes import demo
 
 
 async def test_demo_rotates_mid_stream_without_a_failed_request(

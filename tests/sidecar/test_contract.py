@@ -19,7 +19,7 @@ from openai_runtime_sidecar import contract
 from openai_runtime_sidecar.admin import build_admin_app
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig, parse_listen
-from openai_runtime_sidecar.secretvolume import SecretVolume
+from openai_runtime_sidecar.fakes.secretvolume import SecretVolume
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = {"pydantic", "aiohttp", "opentelemetry", "kopf", "kubernetes", "yaml"}

@@ -18,9 +18,9 @@ import aiohttp
 import openai
 import pytest
 
-from openai_runtime_sidecar import fakereplies as fr
-from openai_runtime_sidecar.fakerecords import FilePart
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes import replies as fr
+from openai_runtime_sidecar.fakes.records import FilePart
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 
 from .fakeclients import KEY
 

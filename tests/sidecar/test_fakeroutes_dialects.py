@@ -18,7 +18,7 @@ import openai
 import pytest
 from aiohttp.payload import AsyncIterablePayload
 
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 
 from .fakeclients import API_VERSION, KEY
 

@@ -15,7 +15,7 @@ import aiohttp
 import openai
 import pytest
 
-from openai_runtime_sidecar.fakeupstream import FakeUpstream, RecordedRequest
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream, RecordedRequest
 
 from .fakeclients import KEY, OTHER_KEY, fingerprint
 
@@ -725,7 +725,7 @@ async def test_main_prints_the_url_and_stops_on_sigterm(
     session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     code = (
-        "import sys; from openai_runtime_sidecar.fakeupstream import main; "
+        "import sys; from openai_runtime_sidecar.fakes.upstream import main; "
         "sys.exit(main(['--port', '0', '--key', 'sk-cli']))"
     )
     proc = await asyncio.create_subprocess_exec(

@@ -8,6 +8,7 @@ by a meta-path finder that refuses the module, not a stand-in for our code.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -23,6 +24,8 @@ from openai_runtime_sidecar import cli
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR_ONLY = {"kopf", "kubernetes", "cryptography", "pykube"}
 """Top-level modules the sidecar must never load (pykube: kopf's other client)."""
+FAKES = "openai_runtime_sidecar.fakes"
+"""The test doubles and the demo: the sidecar's serving path must never load them."""
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -46,14 +49,17 @@ def test_the_sidecar_path_loads_none_of_the_operators_dependencies(tmp_path: Pat
         # The CLI's sidecar path as far as it goes without serving.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
             openai_runtime_sidecar.cli.main(["sidecar", "--help"])
-        print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules})))
+        print(json.dumps(sorted(sys.modules)))
         """,
         tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    loaded = set(json.loads(done.stdout))
+    modules = set(json.loads(done.stdout))
+    loaded = {name.partition(".")[0] for name in modules}
     assert "openai_runtime_sidecar" in loaded  # the check saw the imports at all
     assert not loaded & OPERATOR_ONLY
+    assert importlib.util.find_spec(FAKES) is not None  # the name below is the real one
+    assert not {name for name in modules if name == FAKES or name.startswith(FAKES + ".")}
 
 
 # A finder first on sys.meta_path that refuses one module (and its submodules)

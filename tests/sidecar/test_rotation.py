@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from openai_runtime_sidecar.app import Sidecar
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.runner import fingerprint
 from tests.sidecar.conftest import SidecarFactory
 from tests.support import NEW_KEY, OLD_KEY, SecretVolume

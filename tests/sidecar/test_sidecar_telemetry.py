@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from openai_runtime_sidecar.app import Sidecar
-from openai_runtime_sidecar.fakeupstream import FakeUpstream
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.logs import JsonFormatter
 from openai_runtime_sidecar.runner import fingerprint
 from tests.support import OLD_KEY, points

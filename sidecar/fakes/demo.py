@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .app import Sidecar
-from .config import SidecarConfig
-from .fakeupstream import FakeUpstream
+from ..app import Sidecar
+from ..config import SidecarConfig
 from .secretvolume import SecretVolume
+from .upstream import FakeUpstream
 
 __all__ = ["main"]
 

@@ -1,8 +1,8 @@
-"""What :mod:`.fakeupstream` keeps of each request, and how it reads bodies without holding uploads.
+"""What :mod:`.upstream` keeps of each request, and how it reads bodies without holding uploads.
 
 ::
 
-    FakeUpstream._handle ──▶ fakeroutes (which endpoint) ──▶ fakerecords (read + record the body)
+    FakeUpstream._handle ──▶ routes (which endpoint) ──▶ records (read + record the body)
 
 A JSON body is parsed and kept in :attr:`RecordedRequest.body` (whole up to
 :data:`KEEP_JSON` bytes). A ``multipart/form-data`` body is read part by part
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError, PayloadEncodingError
 
-from . import fakescenarios as fs
+from . import scenarios as fs
 
 if TYPE_CHECKING:
-    from .fakeroutes import Route
+    from .routes import Route
 
 __all__ = [
     "CHUNK",

@@ -1,10 +1,10 @@
-"""The successful answers of :mod:`.fakeroutes`: everything beyond chat completions.
+"""The successful answers of :mod:`.routes`: everything beyond chat completions.
 
 ::
 
-    fakeroutes (handlers, store) ──▶ fakereplies (pure shapes) ──▶ fakescenarios (chat, errors)
+    routes (handlers, store) ──▶ replies (pure shapes) ──▶ scenarios (chat, errors)
 
-Pure functions of the request, like :mod:`.fakescenarios`: no I/O, no clock.
+Pure functions of the request, like :mod:`.scenarios`: no I/O, no clock.
 Each body copies what api.openai.com sends closely enough for the official SDK
 to parse it (types under ``openai/types``). Counting rules, so tests can
 compute what to expect:
@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import fakescenarios as fs
+from . import scenarios as fs
 
 __all__ = [
     "CATALOG",

@@ -6,7 +6,7 @@ and in users' offline tests it forwards here instead::
     app ──▶ sidecar (localhost) ──▶ FakeUpstream  (instead of api.openai.com / Azure)
 
 It speaks both wire dialects closely enough for the official ``openai`` SDK,
-across the API surface (:mod:`.fakeroutes` has the table):
+across the API surface (:mod:`.routes` has the table):
 
 * Direct, under ``/v1`` (``Authorization: Bearer <key>``; ``base_url = url + "/v1"``):
   ``POST /chat/completions``, ``/completions``, ``/embeddings``, ``/responses``
@@ -24,10 +24,10 @@ across the API surface (:mod:`.fakeroutes` has the table):
   ``prompt_filter_results``, ``content_filter_results`` on chunks and a
   filter-only chunk without ``delta``.
 
-Replies are a fixed function of the request (see :class:`~.fakescenarios.Reply`
-and :mod:`.fakereplies`), so tests assert exact content, usage and ids
+Replies are a fixed function of the request (see :class:`~.scenarios.Reply`
+and :mod:`.replies`), so tests assert exact content, usage and ids
 (``chatcmpl-<n>``, ``resp_<n>``, ``file-<n>``..., ``n`` counting requests).
-Uploads are read streaming (:mod:`.fakerecords`): a file costs its size and
+Uploads are read streaming (:mod:`.records`): a file costs its size and
 sha256, never its bytes. Request headers steer it:
 
 ``x-fake-scenario``
@@ -55,12 +55,12 @@ Scenarios: ``rate-limit``, ``rate-limit-ms``, ``rate-limit-date``,
 ``content-filter-finish``, ``html-502``, ``garbage``, ``hang``,
 ``slow-first-byte``, ``stall-mid-stream``, ``reset-mid-stream``,
 ``reset-before-headers``, ``truncated``, ``inband-error``
-(:data:`~.fakescenarios.SCENARIOS` says what each does).
+(:data:`~.scenarios.SCENARIOS` says what each does).
 
 Every request is kept in :attr:`FakeUpstream.requests` (a
-:class:`~.fakerecords.RecordedRequest`) with a key fingerprint, never the key.
+:class:`~.records.RecordedRequest`) with a key fingerprint, never the key.
 Nothing logs request bodies or keys. Run it alone with
-``openai_runtime_sidecar.fakeupstream.main`` (``--host``, ``--port``, ``--key``).
+``openai_runtime_sidecar.fakes.upstream.main`` (``--host``, ``--port``, ``--key``).
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ from typing import Any
 
 from aiohttp import web
 
-from . import fakeroutes as routes
-from . import fakescenarios as fs
-from .fakerecords import (
+from . import routes
+from . import scenarios as fs
+from .records import (
     MAX_JSON,
     BadBody,
     Call,
@@ -92,7 +92,7 @@ from .fakerecords import (
     read_form,
     read_json,
 )
-from .fakestore import KEEP_FILE, Store
+from .store import KEEP_FILE, Store
 
 __all__ = ["FakeUpstream", "RecordedRequest", "main"]
 
@@ -143,7 +143,7 @@ class FakeUpstream:
         self.chunk_delay = chunk_delay
         self.rate_limit_headers = rate_limit_headers
         self.store = Store()
-        """Files, batches, vector stores and stored responses (:mod:`.fakestore`)."""
+        """Files, batches, vector stores and stored responses (:mod:`.store`)."""
         self._sequences: dict[str, int] = {}
         self._gates: dict[str, _Gate] = {}
         self._closing = asyncio.Event()

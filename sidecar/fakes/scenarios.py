@@ -1,4 +1,4 @@
-"""The payloads of :mod:`.fakeupstream`: replies, stream chunks and canned failures.
+"""The payloads of :mod:`.upstream`: replies, stream chunks and canned failures.
 
 Pure functions of the request: no I/O, no clock except the one HTTP date of
 ``rate-limit-date``. Every body copies the shape (and, where it matters to a

@@ -1,9 +1,9 @@
-"""The route table of :mod:`.fakeupstream` and the handlers of everything beyond chat.
+"""The route table of :mod:`.upstream` and the handlers of everything beyond chat.
 
 ::
 
     client ──▶ FakeUpstream._handle: record, dialect, key, deployment, body, scenario
-                   └─▶ a handler here ──▶ fakereplies (the shapes), fakestore (files, batches...)
+                   └─▶ a handler here ──▶ replies (the shapes), store (files, batches...)
 
 Every endpoint of :data:`ENDPOINTS` (paths under ``/v1``) is served three ways:
 
@@ -18,7 +18,7 @@ Every endpoint of :data:`ENDPOINTS` (paths under ``/v1``) is served three ways:
 Failure scenarios (``x-fake-scenario``, ``x-fake-fail-times``) strike every route
 before its handler runs, after the body was read; mid-stream ones also break
 streamed and binary answers. Objects kept between calls (files, batches, vector
-stores, stored responses) are :mod:`.fakestore`'s.
+stores, stored responses) are :mod:`.store`'s.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiohttp import web
 
-from . import fakereplies as fr
-from . import fakescenarios as fs
-from . import fakestore as st
-from .fakerecords import Call, number, read_json
+from . import replies as fr
+from . import scenarios as fs
+from . import store as st
+from .records import Call, number, read_json
 
 if TYPE_CHECKING:
-    from .fakeupstream import FakeUpstream
+    from .upstream import FakeUpstream
 
 __all__ = ["ENDPOINTS", "ROUTES", "Endpoint", "Route", "model_names", "routes"]
 

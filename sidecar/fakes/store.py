@@ -2,11 +2,11 @@
 
 ::
 
-    FakeUpstream ──▶ fakeroutes (table, inference) ──▶ fakestore (objects kept between calls)
+    FakeUpstream ──▶ routes (table, inference) ──▶ store (objects kept between calls)
 
-One :class:`Store` per :class:`~.fakeupstream.FakeUpstream`, shared by Direct and
+One :class:`Store` per :class:`~.upstream.FakeUpstream`, shared by Direct and
 both Azure dialects. A file keeps its size and sha256, and its bytes only up to
-:data:`KEEP_FILE`: larger files read back as :func:`~.fakereplies.filler` of the
+:data:`KEEP_FILE`: larger files read back as :func:`~.replies.filler` of the
 same size seeded by their sha256, so a 200 MB upload costs no memory. Batches
 stay ``validating`` until cancelled (the cancel answers ``cancelling``, the batch
 is ``cancelled`` from then on). Also here: the small answer helpers every
@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import fakereplies as fr
-from . import fakescenarios as fs
-from .fakerecords import Call
+from . import replies as fr
+from . import scenarios as fs
+from .records import Call
 
 if TYPE_CHECKING:
-    from .fakeupstream import FakeUpstream
+    from .upstream import FakeUpstream
 
 __all__ = ["KEEP_FILE", "Store", "StoredFile"]
 
