@@ -20,12 +20,12 @@ it first. The key never leaves :func:`.status.resolve_credential`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
-import yaml
 from pydantic import ValidationError
 
 from openai_runtime_sidecar.contract import CONFIG_KEY
@@ -77,13 +77,14 @@ def configmap_name(runtime: str) -> str:
 def render_configmap(
     owner: Mapping[str, Any], namespace: str, name: str, spec: OpenAiRuntimeSpec
 ) -> dict[str, Any]:
-    """The desired ConfigMap: the rendered config as YAML, owned by the runtime."""
+    """The desired ConfigMap: the rendered config, owned by the runtime.
+
+    Written as JSON, which is YAML (the key stays ``config.yaml``): the
+    sidecar parses it without loading a YAML parser.
+    """
     config = render_sidecar_config(namespace, name, spec)
-    text = yaml.safe_dump(
-        config.model_dump(by_alias=True, mode="json", exclude_none=True),
-        sort_keys=False,
-        allow_unicode=True,
-    )
+    document = config.model_dump(by_alias=True, mode="json", exclude_none=True)
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

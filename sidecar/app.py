@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -397,6 +398,12 @@ async def serve(config_path: Path) -> int:
         print(f"openai-runtime sidecar: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         await sidecar.stop()
         return 1
+    # What start-up built (modules, config, price tables) lives as long as the
+    # process: out of the collector's generations, every collection under
+    # load scans only what calls create. Here, not in start(): a process
+    # that starts many sidecars (tests) would keep its garbage forever.
+    gc.collect()
+    gc.freeze()
     await stop.wait()
     log.info("shutting down", extra={"fields": {"grace_s": config.watch.shutdown_grace}})
     await sidecar.stop()

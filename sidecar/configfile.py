@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 __all__ = ["ConfigError", "describe_validation_error", "load_document"]
@@ -31,15 +30,28 @@ def load_document(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{file}: not UTF-8 text") from exc
     try:
-        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError, RecursionError) as exc:
-        # RecursionError: a document nested thousands deep (JSON and YAML alike).
-        raise ConfigError(
-            f"{file}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {exc}"
-        ) from exc
+        data = json.loads(text)
+    except ValueError as exc:
+        if file.suffix == ".json":
+            raise ConfigError(f"{file}: not valid JSON: {exc}") from exc
+        data = _load_yaml(file, text)
+    except RecursionError as exc:
+        # A document nested thousands deep.
+        raise ConfigError(f"{file}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: the document must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _load_yaml(file: Path, text: str) -> Any:
+    # Imported on first use: a document that is JSON (JSON is YAML) never
+    # needs the parser, and an idle sidecar is the smaller for it.
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
 
 
 def describe_validation_error(exc: ValidationError, source: str = "config") -> str:

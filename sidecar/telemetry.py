@@ -32,7 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import trace
@@ -44,8 +44,6 @@ from opentelemetry.sdk.metrics.export import (
     MetricReader,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -67,6 +65,9 @@ from .prometheus import PrometheusReader
 from .runner.credentials import ReloadOutcome
 from .runner.errors import RunnerError
 from .runner.results import CallOutcome
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 __all__ = ["SERVICE_NAME", "CallTrace", "Telemetry"]
 
@@ -149,15 +150,21 @@ class Telemetry:
         # Spans nobody receives are not built: without an exporter (and with no
         # provider handed in) each call gets only span contexts, so upstream
         # still sees a traceparent continuing the app's trace, at a fraction
-        # of the cost of recording attributes that would be dropped.
+        # of the cost of recording attributes that would be dropped. The trace
+        # SDK is then not even imported (a few MB of an idle sidecar).
         self._recording = True
         if tracer_provider is None:
-            own = SdkTracerProvider(resource=resource)
             exporter = otlp.traces()
-            if exporter is not None:
+            if exporter is None:
+                self._recording = False
+                tracer_provider = trace.NoOpTracerProvider()
+            else:
+                from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+                from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+                own = SdkTracerProvider(resource=resource)
                 own.add_span_processor(BatchSpanProcessor(cast(SpanExporter, exporter)))
-            self._recording = exporter is not None
-            self._own_tracer_provider = tracer_provider = own
+                self._own_tracer_provider = tracer_provider = own
         self._tracer = tracer_provider.get_tracer(_SCOPE)
 
         self.prometheus = PrometheusReader()

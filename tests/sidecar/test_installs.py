@@ -122,3 +122,28 @@ def test_the_extra_names_what_the_operator_imports() -> None:
     }
     # `make test` installs `.[dev]`: it must bring the operator along.
     assert "openai-runtime[operator]" in extras["dev"]
+
+
+def test_an_idle_sidecar_loads_neither_the_trace_sdk_nor_a_yaml_parser(tmp_path: Path) -> None:
+    """Without a trace exporter no span is recorded, and the operator writes JSON config."""
+    config = {
+        "runtime": {"namespace": "team-a", "name": "chat"},
+        "variant": {"direct": {"endpoint": "http://127.0.0.1:9/v1"}},
+        "apiKey": {"file": str(tmp_path / "api-key")},
+        "listen": {"api": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    done = _python(
+        f"""
+        import json, sys
+        from openai_runtime_sidecar.app import Sidecar, load_sidecar_config
+        config = load_sidecar_config({str(tmp_path / "config.yaml")!r})
+        Sidecar(config, config_path=None)
+        print(json.dumps(sorted(sys.modules)))
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    modules = set(json.loads(done.stdout))
+    assert "openai_runtime_sidecar.telemetry" in modules
+    assert not {m for m in modules if m == "yaml" or m.startswith("opentelemetry.sdk.trace")}
