@@ -4,8 +4,10 @@ Where it sits::
 
     Telemetry (telemetry.py) -> MeterProvider -> [PrometheusReader] -> render() -> GET /metrics
 
-The sidecar records every metric once, through the OpenTelemetry SDK; OTLP
-export and the Prometheus scrape are two readers of the same instruments.
+The sidecar records every metric once, through the OpenTelemetry SDK or, for
+the per-call histograms, in plain Python added to what each reader collects
+(:mod:`.histograms`); OTLP export and the Prometheus scrape are two readers
+of the same data.
 :class:`PrometheusReader` collects on demand (at scrape time, nothing runs in
 between) with cumulative temporality, which is what Prometheus expects, and
 :func:`render` turns the SDK's :class:`MetricsData` into text. Doing this here
