@@ -139,8 +139,16 @@ class RequestLog:
         try:
             handler.stream.write(line + handler.terminator)
             handler.flush()
+        except Exception:
+            # A stream that fails (closed, full) must not fail the call: logging
+            # reports such an error and carries on, so hand the line to it.
+            failed = True
+        else:
+            failed = False
         finally:
             handler.release()
+        if failed:
+            logger.info(msg, extra={FIELDS: fields})
 
     def _sole_handler(self) -> _JsonHandler | None:
         """Our handler, when it is the only thing the record would reach."""

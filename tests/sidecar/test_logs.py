@@ -282,3 +282,12 @@ def test_the_request_line_keeps_the_level_check(alone: io.StringIO) -> None:
     with only_ours():
         RequestLog(logging.getLogger("openai_runtime.requests")).write("request", {"status": 200})
     assert alone.getvalue() == ""
+
+
+def test_a_failing_stream_does_not_fail_the_request_line(
+    alone: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alone.close()  # writes now raise ValueError, as a closed stderr would
+    with only_ours():
+        RequestLog(logging.getLogger("openai_runtime.requests")).write("request", {"status": 200})
+    assert "Logging error" in capsys.readouterr().err, "reported the way logging reports it"
