@@ -305,13 +305,13 @@ class CircuitBreakers:
         return states
 
     def snapshot(self) -> dict[str, object]:
-        """The host's breaker, and each scope's that counts failures or is not closed."""
+        """The host's breaker, and each scope's that is not idle (failures counted, or open)."""
         return {
             "host": dict(self.host.snapshot()),
             "scopes": {
                 name: dict(breaker.snapshot())
                 for name, breaker in self._scopes.items()
-                if not breaker.idle or breaker.state is not CircuitState.CLOSED
+                if not breaker.idle
             },
         }
 
