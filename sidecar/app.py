@@ -30,7 +30,8 @@ from .configfile import ConfigError
 from .labels import ModelLabels
 from .listening import AcceptErrorThrottle, ConnectionGuard, api_connection_limit
 from .logs import configure_logging
-from .runner import CallOutcome, Clock, CredentialStore, OpenAiRunner, ReloadOutcome, Transport
+from .runner import CallOutcome, Clock, CredentialStore, OpenAiRunner, Transport
+from .runner.credentials import ReloadOutcome
 from .server import ApiRunner, build_api_app
 from .telemetry import Telemetry
 from .watching import FileWatcher

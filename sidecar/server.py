@@ -37,6 +37,7 @@ from .runner import (
     UpstreamError,
 )
 from .runner.config import AzureVariant
+from .runner.errors import error_body
 
 if TYPE_CHECKING:
     from .app import Sidecar
@@ -119,7 +120,7 @@ def openai_error(
     It says ``x-should-retry: false``: the same request would be refused the
     same way, and the SDK would otherwise retry 408s and 5xx on its own.
     """
-    payload = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    payload = error_body(message, error_type=error_type, param=param, code=code)
     return web.json_response(payload, status=status, headers={**_NO_RETRY, **(headers or {})})
 
 
@@ -541,14 +542,11 @@ class _ApiProtocol(RequestHandler):
             # A crash or timeout of ours, not a verdict on the request: the
             # SDK may retry it as it would any 5xx.
             response = web.json_response(
-                {
-                    "error": {
-                        "message": "The sidecar failed to handle the request.",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "internal_error" if status == 500 else "handler_timeout",
-                    }
-                },
+                error_body(
+                    "The sidecar failed to handle the request.",
+                    error_type="server_error",
+                    code="internal_error" if status == 500 else "handler_timeout",
+                ),
                 status=status,
             )
         response.force_close()  # as aiohttp's own: the connection's state is unknown

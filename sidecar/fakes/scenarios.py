@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runner.errors import error_body
+
 __all__ = [
     "AUTH_ERRORS",
     "AZURE_NOT_FOUND",
@@ -82,21 +84,16 @@ PROMPT_FILTER: list[dict[str, Any]] = [
     }
 ]
 
-INBAND_ERROR = {
-    "error": {
-        "message": "The server had an error while processing your request.",
-        "type": "server_error",
-        "param": None,
-        "code": None,
-    }
-}
+INBAND_ERROR = error_body(
+    "The server had an error while processing your request.", error_type="server_error"
+)
 
 
 def openai_error(
     message: str, type_: str | None, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     """OpenAI's error envelope."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return error_body(message, error_type=type_, param=param, code=code)
 
 
 def azure_error(code: str, message: str) -> dict[str, Any]:

@@ -5,9 +5,14 @@ Layers, innermost first: pure policies with an injected clock (``sse``,
 tree (``errors``), the one I/O seam (``transport``), and the orchestration of
 a call (``runner``, ``streaming``). The sidecar server holds one
 :class:`OpenAiRunner` per configured runtime.
+
+The package exports the runner's public API: :class:`OpenAiRunner` and its
+configuration models, results, error tree, pricing table, credential store,
+clocks and transport. The building blocks behind them (SSE decoding, retry
+policy, circuit breakers, rate limiter, durations, credential snapshots and
+fingerprints) are imported from their own modules.
 """
 
-from .breaker import CircuitBreaker, CircuitBreakers, CircuitState
 from .clock import Clock, ManualClock, SystemClock
 from .config import (
     AzureVariant,
@@ -20,8 +25,7 @@ from .config import (
     TimeoutSettings,
     Variant,
 )
-from .credentials import CredentialSnapshot, CredentialStore, ReloadOutcome, fingerprint
-from .durations import Duration, format_duration, parse_duration
+from .credentials import CredentialStore
 from .errors import (
     AuthenticationFailed,
     CircuitOpen,
@@ -38,12 +42,9 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .pricing import Cost, ModelPrice, PricingTable
-from .ratelimit import RateLimiter
+from .pricing import Cost, PricingTable
 from .results import CallOutcome, ChatResult, Usage
-from .retrying import RetryDecision, RetryPolicy
 from .runner import AttemptObserver, ChatStream, OpenAiRunner
-from .sse import SSEDecoder, SSEFrame
 from .transport import Transport
 
 __all__ = [
@@ -53,38 +54,26 @@ __all__ = [
     "CallOutcome",
     "ChatResult",
     "ChatStream",
-    "CircuitBreaker",
     "CircuitBreakerSettings",
-    "CircuitBreakers",
     "CircuitOpen",
-    "CircuitState",
     "Clock",
     "ContentFiltered",
     "ContextLengthExceeded",
     "Cost",
-    "CredentialSnapshot",
     "CredentialStore",
     "CredentialUnavailable",
     "DirectVariant",
-    "Duration",
     "InvalidRequest",
     "LocalRateLimited",
     "ManualClock",
-    "ModelPrice",
     "OpenAiConfig",
     "OpenAiRunner",
     "PricingTable",
     "QuotaExhausted",
     "RateLimitSettings",
     "RateLimited",
-    "RateLimiter",
-    "ReloadOutcome",
-    "RetryDecision",
-    "RetryPolicy",
     "RetrySettings",
     "RunnerError",
-    "SSEDecoder",
-    "SSEFrame",
     "SecretRef",
     "SystemClock",
     "TimeoutSettings",
@@ -95,7 +84,4 @@ __all__ = [
     "UpstreamUnavailable",
     "Usage",
     "Variant",
-    "fingerprint",
-    "format_duration",
-    "parse_duration",
 ]

@@ -57,7 +57,22 @@ __all__ = [
     "UpstreamUnavailable",
     "classify_error_payload",
     "classify_response",
+    "error_body",
 ]
+
+
+def error_body(
+    message: str,
+    *,
+    error_type: str | None,
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}``.
+
+    All four keys are always present, in that order, ``null`` when unset.
+    """
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
 class RunnerError(Exception):
@@ -103,14 +118,7 @@ class RunnerError(Exception):
 
     def openai_body(self) -> dict[str, Any]:
         """The body a proxy answers with, in the OpenAI error shape."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": None,
-                "code": self.code,
-            }
-        }
+        return error_body(self.message, error_type=self.error_type, code=self.code)
 
     def response_headers(self) -> dict[str, str]:
         """Headers a proxy should add when answering with this error."""
@@ -389,12 +397,7 @@ def classify_response(
             # RecursionError: absurdly nested JSON must not escape classification.
             payload = None
     if not isinstance(payload, dict) or not isinstance(payload.get("error"), dict):
-        payload = {
-            "error": {
-                "message": f"upstream answered HTTP {status} with a non-OpenAI body",
-                "type": "upstream_error",
-                "param": None,
-                "code": None,
-            }
-        }
+        payload = error_body(
+            f"upstream answered HTTP {status} with a non-OpenAI body", error_type="upstream_error"
+        )
     return classify_error_payload(status, payload, headers=headers, body=body, now=now)

@@ -31,7 +31,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream
-from openai_runtime_sidecar.runner import CallOutcome, ManualClock, fingerprint
+from openai_runtime_sidecar.runner import CallOutcome, ManualClock
+from openai_runtime_sidecar.runner.credentials import fingerprint
 from openai_runtime_sidecar.telemetry import Telemetry
 from tests.support import NEW_KEY, OLD_KEY, SecretVolume
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from openai_runtime_sidecar.runner import ReloadOutcome, fingerprint
+from openai_runtime_sidecar.runner.credentials import ReloadOutcome, fingerprint
 from tests.support import NEW_KEY, OLD_KEY, SecretVolume
 
 from .harness import NEW_FP, OLD_FP, Rig, assert_openai_error, running

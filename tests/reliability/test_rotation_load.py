@@ -34,7 +34,7 @@ from pathlib import Path
 
 import aiohttp
 
-from openai_runtime_sidecar.runner import ReloadOutcome, fingerprint
+from openai_runtime_sidecar.runner.credentials import ReloadOutcome, fingerprint
 from tests.support import NEW_KEY, OLD_KEY, SecretVolume
 
 from .harness import NEW_FP, OLD_FP, Answer, Rig, running

@@ -26,8 +26,8 @@ from openai_runtime_sidecar.runner import (
     TransportError,
     UpstreamTimeout,
     UpstreamUnavailable,
-    fingerprint,
 )
+from openai_runtime_sidecar.runner.credentials import fingerprint
 from tests.support import NEW_KEY, OLD_KEY, SecretVolume, unaccepting_port
 
 MESSAGES = [{"role": "user", "content": "Say hello to the operator"}]

@@ -26,7 +26,7 @@ import yaml
 
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream
-from openai_runtime_sidecar.runner import fingerprint
+from openai_runtime_sidecar.runner.credentials import fingerprint
 from tests.sidecar.conftest import SidecarFactory
 from tests.support import NEW_KEY, OLD_KEY, SecretVolume
 

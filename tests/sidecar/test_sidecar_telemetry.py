@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.logs import JsonFormatter
-from openai_runtime_sidecar.runner import fingerprint
+from openai_runtime_sidecar.runner.credentials import fingerprint
 from tests.support import OLD_KEY, points
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
