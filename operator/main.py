@@ -61,6 +61,29 @@ def build_parser() -> argparse.ArgumentParser:
             "the Secrets holding their API keys."
         ),
     )
+    _add_scope_arguments(parser)
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        default=None,
+        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    _add_peering_arguments(parser)
+    _add_operation_arguments(parser)
+    _add_sidecar_arguments(parser)
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
+    webhook = parser.add_argument_group(
+        "sidecar injection",
+        "The mutating admission webhook that injects the sidecar (POST /inject, HTTPS).",
+    )
+    _add_webhook_serving_arguments(webhook)
+    _add_self_signed_arguments(webhook)
+    return parser
+
+
+def _add_scope_arguments(parser: argparse.ArgumentParser) -> None:
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
         "-n",
@@ -76,12 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="watch every namespace (the default when no --namespace is given)",
     )
-    parser.add_argument(
-        "--liveness",
-        metavar="URL",
-        default=None,
-        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
-    )
+
+
+def _add_peering_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--standalone",
         action="store_true",
@@ -107,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a replica that stops answering holds the others paused this long: "
         "failover after a crash takes up to this (default %(default)s)",
     )
+
+
+def _add_operation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
@@ -127,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus metrics on 0.0.0.0:PORT/metrics, 0 for none (default %(default)s)",
     )
+
+
+def _add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sidecar-admin-port",
         type=int,
@@ -150,13 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a namespace whose pods (Prometheus) may scrape the sidecars' admin port "
         "(repeatable; default: monitoring)",
     )
-    parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
-    )
-    webhook = parser.add_argument_group(
-        "sidecar injection",
-        "The mutating admission webhook that injects the sidecar (POST /inject, HTTPS).",
-    )
+
+
+def _add_webhook_serving_arguments(webhook: argparse._ArgumentGroup) -> None:
     webhook.add_argument(
         "--webhook-port",
         type=int,
@@ -171,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve DIR/tls.crt and DIR/tls.key (e.g. from cert-manager), re-read on change; "
         "without it the operator keeps a self-signed certificate in --webhook-secret",
     )
+
+
+def _add_self_signed_arguments(webhook: argparse._ArgumentGroup) -> None:
     webhook.add_argument(
         "--webhook-namespace",
         metavar="NS",
@@ -204,7 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the MutatingWebhookConfiguration whose caBundle is set to the self-signed "
         "certificate (default %(default)s)",
     )
-    return parser
 
 
 async def build_webhook_server(

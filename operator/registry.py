@@ -15,7 +15,7 @@ status fields) and bounds concurrency. :mod:`.main` runs the result.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import kopf
@@ -76,6 +76,9 @@ def build_settings(
     return settings
 
 
+_RUNTIMES = (GROUP, VERSION, PLURAL)
+
+
 def build_registry(
     ctx: OperatorContext,
     login: LoginFn = default_login,
@@ -99,8 +102,27 @@ def build_registry(
     every ``ca_interval`` seconds.
     """
     registry = kopf.OperatorRegistry()
-    resource = (GROUP, VERSION, PLURAL)
+    _register_login_and_cleanup(registry, ctx, login)
+    _register_reconcile(registry, ctx)
+    _register_startup(
+        registry,
+        ctx,
+        namespaces,
+        peering=peering,
+        webhook=webhook,
+        webhook_configuration=webhook_configuration,
+        ca_interval=ca_interval,
+    )
+    _register_secret_watch(registry, ctx)
+    _register_deletion_notice(registry, ctx)
+    if admission:
+        _register_injection(registry, ctx)
+    return registry
 
+
+def _register_login_and_cleanup(
+    registry: kopf.OperatorRegistry, ctx: OperatorContext, login: LoginFn
+) -> None:
     async def login_handler(**kwargs: Any) -> kopf.ConnectionInfo | None:
         info = login(**kwargs)
         ctx.set_connection(info)
@@ -113,6 +135,8 @@ def build_registry(
 
     kopf.on.cleanup(registry=registry, id="cleanup")(cleanup)
 
+
+def _register_reconcile(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     async def reconcile_handler(
         *,
         body: kopf.Body,
@@ -138,8 +162,12 @@ def build_registry(
             )
 
     for decorator in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        decorator(*resource, registry=registry, id="reconcile")(reconcile_handler)
+        decorator(*_RUNTIMES, registry=registry, id="reconcile")(reconcile_handler)
 
+
+def _acting_check(
+    ctx: OperatorContext, peering: PeeringSettings | None
+) -> Callable[[], Awaitable[bool]]:
     async def acting() -> bool:
         if peering is None:
             return True
@@ -147,6 +175,21 @@ def build_registry(
             return await is_acting(ctx.api, peering)
         except kopf.TemporaryError:  # not logged in yet
             return False
+
+    return acting
+
+
+def _register_startup(
+    registry: kopf.OperatorRegistry,
+    ctx: OperatorContext,
+    namespaces: Sequence[str],
+    *,
+    peering: PeeringSettings | None,
+    webhook: NamespacedWebhookServer | None,
+    webhook_configuration: str,
+    ca_interval: float,
+) -> None:
+    acting = _acting_check(ctx, peering)
 
     async def start_resync(**_: Any) -> None:
         ctx.background(resync_forever(ctx, namespaces, ctx.resync_interval, acting=acting))
@@ -162,7 +205,9 @@ def build_registry(
 
     kopf.on.startup(registry=registry, id="resync")(start_resync)
 
-    kopf.index(*resource, registry=registry, id="runtimes_by_secret")(runtimes_by_secret)
+
+def _register_secret_watch(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
+    kopf.index(*_RUNTIMES, registry=registry, id="runtimes_by_secret")(runtimes_by_secret)
 
     async def secret_handler(
         *,
@@ -185,6 +230,8 @@ def build_registry(
 
     kopf.on.event("v1", "secrets", registry=registry, id="secrets")(secret_handler)
 
+
+def _register_deletion_notice(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     async def deleted_handler(
         *,
         type: str,
@@ -215,21 +262,20 @@ def build_registry(
                 log=logger,
             )
 
-    kopf.on.event(*resource, registry=registry, id="deleted")(deleted_handler)
+    kopf.on.event(*_RUNTIMES, registry=registry, id="deleted")(deleted_handler)
 
-    if admission:
 
-        async def inject_handler(
-            *, body: kopf.Body, patch: kopf.Patch, namespace: str | None, **_: Any
-        ) -> None:
-            await mutate_pod(ctx, body=body, patch=patch, namespace=namespace)
+def _register_injection(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
+    async def inject_handler(
+        *, body: kopf.Body, patch: kopf.Patch, namespace: str | None, **_: Any
+    ) -> None:
+        await mutate_pod(ctx, body=body, patch=patch, namespace=namespace)
 
-        kopf.on.mutate(
-            "v1",
-            "pods",
-            registry=registry,
-            id="inject",
-            operations=["CREATE"],
-            labels={LABEL_RUNTIME: kopf.PRESENT},
-        )(inject_handler)
-    return registry
+    kopf.on.mutate(
+        "v1",
+        "pods",
+        registry=registry,
+        id="inject",
+        operations=["CREATE"],
+        labels={LABEL_RUNTIME: kopf.PRESENT},
+    )(inject_handler)

@@ -37,6 +37,7 @@ from .models import (
     CONDITION_READY,
     PLURAL,
     Condition,
+    ConvergenceStatus,
     CredentialStatus,
     OpenAiRuntimeSpec,
     OpenAiRuntimeStatus,
@@ -257,6 +258,29 @@ def next_status(
 ) -> StatusChange:
     """The status after ``observation``, given the ``previous`` one."""
     generation, variant, model = spec_fields(previous, observation.spec)
+    conditions = _next_conditions(previous, observation, generation, now)
+    credential, rotated = next_credential(previous.credential, observation.credential, now)
+    status = OpenAiRuntimeStatus(
+        observed_generation=generation,
+        variant=variant,
+        model=model,
+        conditions=conditions,
+        credential=credential,
+        convergence=_next_convergence(previous.convergence, rotated),
+    )
+    return StatusChange(
+        status=status,
+        rotated=rotated,
+        changed_conditions=_changed_conditions(previous, conditions),
+    )
+
+
+def _next_conditions(
+    previous: OpenAiRuntimeStatus,
+    observation: Observation,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
     conditions: dict[str, Condition] = {c.type: c for c in previous.conditions}
     resolution = observation.credential
     if resolution is not None:
@@ -273,29 +297,34 @@ def next_status(
         conditions.get(CONDITION_CREDENTIAL_RESOLVED),
     )
     conditions[CONDITION_READY] = _condition(previous, CONDITION_READY, ready, generation, now)
+    return _ordered_conditions(conditions)
+
+
+def _ordered_conditions(conditions: Mapping[str, Condition]) -> list[Condition]:
     order = [CONDITION_READY, CONDITION_CREDENTIAL_RESOLVED]
     ordered = [conditions[t] for t in order if t in conditions]
     ordered += [c for t, c in conditions.items() if t not in order]
-    credential, rotated = next_credential(previous.credential, resolution, now)
-    convergence = previous.convergence
+    return ordered
+
+
+def _next_convergence(
+    convergence: ConvergenceStatus | None, rotated: bool
+) -> ConvergenceStatus | None:
     if rotated and convergence is not None:
         # No sidecar has confirmed the new key yet (:mod:`.convergence` counts them).
-        convergence = convergence.model_copy(update={"current": 0})
-    status = OpenAiRuntimeStatus(
-        observed_generation=generation,
-        variant=variant,
-        model=model,
-        conditions=ordered,
-        credential=credential,
-        convergence=convergence,
-    )
-    changed = tuple(
+        return convergence.model_copy(update={"current": 0})
+    return convergence
+
+
+def _changed_conditions(
+    previous: OpenAiRuntimeStatus, conditions: list[Condition]
+) -> tuple[str, ...]:
+    return tuple(
         c.type
-        for c in ordered
+        for c in conditions
         if (old := previous.condition(c.type)) is None
         or (old.status, old.reason, old.message) != (c.status, c.reason, c.message)
     )
-    return StatusChange(status=status, rotated=rotated, changed_conditions=changed)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

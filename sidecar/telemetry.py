@@ -67,6 +67,8 @@ from .runner.errors import RunnerError
 from .runner.results import CallOutcome
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 
 __all__ = ["SERVICE_NAME", "CallTrace", "Telemetry"]
@@ -145,7 +147,24 @@ class Telemetry:
         self.server_address = server_address
         otlp = OtlpExporters(env)
         resource = otlp_resource(SERVICE_NAME)
+        self._init_tracer(tracer_provider, otlp, resource)
+        readers = self._init_metric_readers(metric_readers, otlp)
+        # Always ours, never global: tests build several, and the server owns the lifecycle.
+        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        meter = self._meter_provider.get_meter(_SCOPE)
+        self._init_attributes()
+        self._init_histograms(readers, resource)
+        self._init_call_sums(meter)
+        self._init_counters(meter)
+        # Sources are set by observe(); callables so a reconfigured runner's
+        # new breaker or limiter is read without re-registering anything.
+        self._readings = Readings(self.runtime_attributes)
+        self._readings.register(meter)
+        self._shut_down = False
 
+    def _init_tracer(
+        self, tracer_provider: TracerProvider | None, otlp: OtlpExporters, resource: Resource
+    ) -> None:
         self._own_tracer_provider: SdkTracerProvider | None = None
         # Spans nobody receives are not built: without an exporter (and with no
         # provider handed in) each call gets only span contexts, so upstream
@@ -167,28 +186,31 @@ class Telemetry:
                 self._own_tracer_provider = tracer_provider = own
         self._tracer = tracer_provider.get_tracer(_SCOPE)
 
+    def _init_metric_readers(
+        self, metric_readers: Sequence[MetricReader], otlp: OtlpExporters
+    ) -> list[MetricReader]:
         self.prometheus = PrometheusReader()
         readers: list[MetricReader] = [self.prometheus, *metric_readers]
         exporter = otlp.metrics()
         if exporter is not None:
             readers.append(PeriodicExportingMetricReader(cast(MetricExporter, exporter)))
-        # Always ours, never global: tests build several, and the server owns the lifecycle.
-        self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        meter = self._meter_provider.get_meter(_SCOPE)
+        return readers
 
+    def _init_attributes(self) -> None:
         # The runtime's own metrics carry short labels (runtime, model, ...);
         # the GenAI ones carry the semantic-convention attributes below.
-        self.runtime_attributes: dict[str, AttributeValue] = {"runtime": runtime}
+        self.runtime_attributes: dict[str, AttributeValue] = {"runtime": self.runtime}
         self.model_label: Callable[[str | None], str | None] = lambda name: name
         """Bounds the model names metrics carry (:class:`~.labels.ModelLabels`); spans
         keep the real names."""
         self.base_attributes: dict[str, AttributeValue] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": self.provider_name,
-            "server.address": server_address,
-            "openai_runtime.runtime": runtime,
+            "server.address": self.server_address,
+            "openai_runtime.runtime": self.runtime,
         }
-        counter = meter.create_counter
+
+    def _init_histograms(self, readers: Sequence[MetricReader], resource: Resource) -> None:
         # Recorded in plain Python (three per call), added to what every reader
         # collects: see histograms.py.
         self.token_usage = PlainHistogram(
@@ -213,6 +235,8 @@ class Telemetry:
         scope = InstrumentationScope(_SCOPE)
         for reader in readers:
             attach(reader, histograms, scope, resource)
+
+    def _init_call_sums(self, meter: Meter) -> None:
         # The two counters every call adds to are summed here and read at
         # collection: a dict update instead of an SDK measurement per call.
         self.cost = Sums()
@@ -237,6 +261,9 @@ class Telemetry:
             unit="{request}",
             description="Calls being served now.",
         )
+
+    def _init_counters(self, meter: Meter) -> None:
+        counter = meter.create_counter
         self.retries = counter(
             "openai_runtime.retries", "{retry}", "Attempts after the first, by the last error."
         )
@@ -246,11 +273,6 @@ class Telemetry:
         self.config_reloads = counter(
             "openai_runtime.config.reloads", "{reload}", "Config file reloads by result."
         )
-        # Sources are set by observe(); callables so a reconfigured runner's
-        # new breaker or limiter is read without re-registering anything.
-        self._readings = Readings(self.runtime_attributes)
-        self._readings.register(meter)
-        self._shut_down = False
 
     # -- per call ------------------------------------------------------------
 
