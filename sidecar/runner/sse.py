@@ -140,6 +140,7 @@ class SSEDecoder:
             if buf.startswith(_BOM):
                 self._scan = len(_BOM)  # skipped for parsing, kept in raw
 
+        simple = self._take_simple_frames() if not self._scan else []
         # Only the unparsed tail is copied and split: the block's earlier lines
         # are already parsed, and re-reading them on every chunk would make a
         # large multi-line frame quadratic.
@@ -176,6 +177,38 @@ class SSEDecoder:
             self._scan = pos - frame_start
         else:
             self._scan = scan + pos
+        return simple + frames if simple else frames
+
+    def _take_simple_frames(self) -> list[SSEFrame]:
+        """Cut the leading frames that are a single ``data: `` line each.
+
+        Nearly every frame of a completion stream is one, and cutting it at its
+        ``\n\n`` gives what the line-by-line parse would, several times faster.
+        Anything else (other fields, several lines, ``\r``, a BOM still to
+        skip, a frame not yet complete) stops the cut and is left to it.
+        """
+        buf = self._buf
+        if b"\r" in buf or self._scan:
+            return []
+        text = bytes(buf)
+        find = text.find
+        frames: list[SSEFrame] = []
+        start = 0
+        while text.startswith(b"data: ", start):
+            end = find(b"\n", start)
+            if end < 0 or text[end + 1 : end + 2] != b"\n":
+                break
+            frame: SSEFrame = _new(SSEFrame)
+            _set_raw(frame, text[start : end + 2])
+            _set_data(frame, _decode(text[start + 6 : end]))
+            _set_event(frame, None)
+            _set_id(frame, None)
+            _set_retry(frame, None)
+            _set_comments(frame, ())
+            frames.append(frame)
+            start = end + 2
+        if start:
+            del buf[:start]
         return frames
 
     def _frame(self, raw: bytes) -> SSEFrame:

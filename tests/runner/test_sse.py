@@ -412,3 +412,33 @@ def test_decoded_frames_have_every_field_of_the_dataclass() -> None:
         "retry": 10,
         "comments": ("note",),
     }
+
+
+class _LineByLine(SSEDecoder):
+    """The decoder without its cut for single-line frames: the reference for it."""
+
+    __slots__ = ()
+
+    def _take_simple_frames(self) -> list[SSEFrame]:
+        return []
+
+
+_COMPLETION_PIECES = st.one_of(
+    _TEXT.map(lambda text: f"data: {text}\n\n".encode()),
+    st.sampled_from(
+        [b"data: [DONE]\n\n", b": keep-alive\n\n", b"\n", b"data:x\n\n", b"data: a\ndata: b\n\n"]
+    ),
+    st.sampled_from([b"event: e\n", b"data: y\r\n\r\n", b"data: z\n", b"id: 1\n\n"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_COMPLETION_PIECES, max_size=12).map(b"".join), st.data())
+def test_single_line_frames_cut_as_the_line_parse_would(stream: bytes, data: st.DataObject) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8), label="cuts")
+    chunks = split_at(stream, cuts)
+    fast, reference = SSEDecoder(), _LineByLine()
+    got = [frame for chunk in chunks for frame in fast.feed(chunk)] + fast.flush()
+    want = [frame for chunk in chunks for frame in reference.feed(chunk)] + reference.flush()
+    assert got == want
+    assert b"".join(frame.raw for frame in got) == stream
