@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +79,7 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
         "variant": variant.name,
         "upstream": variant.chat_completions_url().split("?")[0],
         "ready": sidecar.ready,
-        "uptimeSeconds": round(time.monotonic() - sidecar.started_at, 3),
+        "uptimeSeconds": round(sidecar.clock.monotonic() - sidecar.started_at, 3),
         "credential": {
             "fingerprint": snapshot.fingerprint if snapshot else None,
             "loadedAt": snapshot.loaded_at if snapshot else None,

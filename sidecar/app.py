@@ -16,7 +16,6 @@ import gc
 import logging
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from .configfile import ConfigError
 from .labels import ModelLabels
 from .listening import AcceptErrorThrottle, ConnectionGuard, api_connection_limit
 from .logs import configure_logging
-from .runner import CallOutcome, Clock, CredentialStore, OpenAiRunner, Transport
+from .runner import CallOutcome, Clock, CredentialStore, OpenAiRunner, SystemClock, Transport
 from .runner.credentials import ReloadOutcome
 from .server import ApiRunner, build_api_app
 from .telemetry import Telemetry
@@ -65,7 +64,13 @@ class SpendTotals:
 
 
 class Sidecar:
-    """Everything one sidecar process holds; tests run it in-process on port 0."""
+    """Everything one sidecar process holds; tests run it in-process on port 0.
+
+    It owns the process's one :class:`~.runner.Clock`: the runner waits and
+    measures on it, the telemetry it builds times calls with it, and the
+    uptime is read from it. A :class:`~.telemetry.Telemetry` handed in keeps
+    its own clock, which is the sidecar's too unless ``clock`` says otherwise.
+    """
 
     def __init__(
         self,
@@ -83,12 +88,16 @@ class Sidecar:
         self.credential_error: str | None = None
         self.credentials = CredentialStore(config.api_key)
         self.credentials.subscribe(self._credential_reloaded)
+        if clock is None:
+            clock = telemetry.clock if telemetry is not None else SystemClock()
+        self.clock: Clock = clock
         self.runner = OpenAiRunner(config, self.credentials, clock=clock, transport=transport)
         variant = config.variant.selected
         self.telemetry = telemetry or Telemetry(
             runtime=str(config.runtime),
             variant=variant.name,
             server_address=self.runner.server_address,
+            clock=clock,
         )
         self.telemetry.observe(
             circuit=lambda: [(s, state.value) for s, state in self.runner.circuits.states()],
@@ -102,7 +111,7 @@ class Sidecar:
         self.spend: dict[str, SpendTotals] = {}
         """Per model the runtime knows (allow-list, price table), the rest as ``other``."""
         self._label_models()
-        self.started_at = time.monotonic()
+        self.started_at = self.clock.monotonic()
         self.shutting_down = False
         self._api: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
@@ -274,7 +283,7 @@ class Sidecar:
         )
         for watcher in self._watchers:
             watcher.start()
-        self.started_at = time.monotonic()
+        self.started_at = self.clock.monotonic()
         log.info(
             "sidecar listening",
             extra={

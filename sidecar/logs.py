@@ -21,7 +21,6 @@ fingerprint), so no prompt, completion or API key can end up in it.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import sys
@@ -31,6 +30,7 @@ from datetime import datetime
 from pathlib import PurePath
 from typing import Any, TextIO
 
+from .runner import jsoncodec
 from .runner.results import CallOutcome
 
 __all__ = ["FIELDS", "JsonFormatter", "RequestLog", "configure_logging", "request_fields"]
@@ -60,9 +60,6 @@ def _json_default(value: Any) -> Any:
         return f"<{len(value)} bytes>"
     return f"<{type(value).__name__}>"
 
-
-# One encoder for every line: json.dumps with options builds a new one per call.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_json_default)
 
 _second: tuple[int, str] = (-1, "")
 """The last whole second and its text (one tuple, so threads never see halves)."""
@@ -109,7 +106,7 @@ class JsonFormatter(logging.Formatter):
             exc = record.exc_info[1]
             entry["exception"] = {"type": type(exc).__name__, "message": str(exc)}
         # No stack_info and no traceback: frames can hold request bodies.
-        return _ENCODER.encode(entry)
+        return jsoncodec.dumps_text(entry, _json_default)
 
 
 class RequestLog:
@@ -134,7 +131,9 @@ class RequestLog:
         if handler is None:
             logger.info(msg, extra={FIELDS: fields})
             return
-        line = _ENCODER.encode(_entry(time.time(), "INFO", logger.name, msg, fields))
+        line = jsoncodec.dumps_text(
+            _entry(time.time(), "INFO", logger.name, msg, fields), _json_default
+        )
         handler.acquire()
         try:
             handler.stream.write(line + handler.terminator)

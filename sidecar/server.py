@@ -14,10 +14,8 @@ it says ``x-should-retry: false`` so the SDK does not multiply them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +33,7 @@ from .runner import (
     LocalRateLimited,
     RunnerError,
     UpstreamError,
+    jsoncodec,
 )
 from .runner.config import AzureVariant
 from .runner.errors import error_body
@@ -159,7 +158,7 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest("The request body is not valid UTF-8.", "invalid_body") from None
     try:
-        body = json.loads(text)
+        body = jsoncodec.loads(text)
     except RecursionError:
         raise BadRequest("The request body is nested too deeply.", "invalid_json") from None
     except ValueError as exc:
@@ -217,18 +216,21 @@ def settle(
     request: web.Request,
     trace: CallTrace,
     info: CallOutcome | None,
-    started: float,
     status: int,
     error: RunnerError | None,
     error_type: str | None,
 ) -> None:
-    """A finished request's books: span and metrics, spend, the one log line."""
+    """A finished request's books: span and metrics, spend, the one log line.
+
+    The line's duration is the one the trace measured for the metrics, from
+    :meth:`~.telemetry.Telemetry.start_call` (the handler's first step) on.
+    """
     trace.finish(info, status=status, error=error, error_type=error_type)
     sidecar.account(info)
     fields = request_fields(
         info,
         status=status,
-        duration=time.monotonic() - started,
+        duration=trace.elapsed(),
         error_type=error.kind if error is not None else error_type,
         method=request.method,
         path=request.path,
@@ -285,6 +287,17 @@ def model_deployment(variant: object, model: Any) -> str | None:
     return None
 
 
+class _EventStream(web.StreamResponse):
+    """An SSE response whose headers leave with its first bytes.
+
+    aiohttp sends a stream's headers on their own as soon as it is prepared;
+    here the first event is already in hand (the runner read it before
+    answering), so they go out together: one write, one packet, not two.
+    """
+
+    _send_headers_immediately = False
+
+
 class ApiHandlers:
     """Request handlers bound to one running :class:`~.app.Sidecar`."""
 
@@ -293,7 +306,6 @@ class ApiHandlers:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         sidecar = self.sidecar
-        started = time.monotonic()
         info: CallOutcome | None = None
         error: RunnerError | None = None
         error_type: str | None = None
@@ -328,7 +340,7 @@ class ApiHandlers:
         finally:
             if info is None and opened:
                 info = opened[0].outcome
-            settle(sidecar, request, trace, info, started, status, error, error_type)
+            settle(sidecar, request, trace, info, status, error, error_type)
 
     async def _read_body(
         self, request: web.Request, *, model_required: bool = True
@@ -413,7 +425,7 @@ class ApiHandlers:
                 "x-openai-runtime-attempts": str(handle.attempts),
             }
         )
-        response = web.StreamResponse(status=handle.status, headers=headers)
+        response = _EventStream(status=handle.status, headers=headers)
         error: RunnerError | None = None
         try:
             await response.prepare(request)
@@ -421,12 +433,18 @@ class ApiHandlers:
             # unfinished one. It is held back: SSE clients discard it anyway,
             # and an error event written after it would be glued onto it.
             unfinished = b""
+            # Once [DONE] is in, upstream's end follows at once (and the SDK
+            # reads to the end anyway): what is left leaves with the response's
+            # own end, one write instead of two.
+            last = b""
             try:
                 async for chunk in handle:
                     data = unfinished + chunk
                     end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
                     data, unfinished = data[:end], data[end:]
-                    if data:
+                    if handle.finished:
+                        last += data
+                    elif data:
                         await response.write(data)
             except RunnerError as err:
                 error = err
@@ -434,11 +452,8 @@ class ApiHandlers:
                     # In-band upstream errors were forwarded as they came; a
                     # cut or stalled stream gets one so the SDK raises too.
                     unfinished = b""
-                    frame = json.dumps(err.openai_body(), separators=(",", ":"))
-                    await response.write(b"data: " + frame.encode() + b"\n\n")
-            if unfinished:
-                await response.write(unfinished)
-            await response.write_eof()
+                    last += b"data: " + jsoncodec.dumps(err.openai_body()) + b"\n\n"
+            await response.write_eof(last + unfinished)
         finally:
             # Also when the app went away (cancelled, reset): stop upstream at
             # once and settle the books.

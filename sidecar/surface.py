@@ -18,14 +18,13 @@ Realtime WebSocket sessions are refused: the sidecar does not proxy them.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
+import copy
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .runner import RunnerError
+from .runner import RunnerError, jsoncodec
 from .runner.operations import Operation, operation_for
 from .runner.proxying import ProxiedCall, ProxyRequest, proxy
 from .runner.streaming import ask_for_usage
@@ -83,7 +82,6 @@ class SurfaceHandlers:
     ) -> web.StreamResponse:
         sidecar = self.sidecar
         operation = operation_for(request.method, path)
-        started = time.monotonic()
         trace = sidecar.telemetry.start_call(request.headers, model=None, stream=False)
         trace.set_request(model=None, stream=False, operation=operation.gen_ai or operation.name)
         info: CallOutcome | None = None
@@ -146,7 +144,7 @@ class SurfaceHandlers:
             if call is not None:
                 call.close()
                 info = call.outcome
-            settle(sidecar, request, trace, info, started, status, error, error_type)
+            settle(sidecar, request, trace, info, status, error, error_type)
 
     # -- checks ------------------------------------------------------------
 
@@ -196,7 +194,7 @@ class SurfaceHandlers:
         if not raw:
             return None, None
         try:
-            payload = json.loads(raw)
+            payload = jsoncodec.loads(raw)
         except (ValueError, RecursionError):
             raise BadRequest("The request body is not valid JSON.", "invalid_json") from None
         if not isinstance(payload, dict):
@@ -235,14 +233,14 @@ class SurfaceHandlers:
         if not allow:
             return raw
         try:
-            listing = json.loads(raw)
+            listing = jsoncodec.loads(raw)
         except ValueError:
             return raw
         if isinstance(listing, dict) and isinstance(listing.get("data"), list):
             listing["data"] = [
                 m for m in listing["data"] if isinstance(m, dict) and m.get("id") in allow
             ]
-        return json.dumps(listing, separators=(",", ":")).encode()
+        return jsoncodec.dumps(listing)
 
 
 def _ask_for_usage(
@@ -255,9 +253,9 @@ def _ask_for_usage(
     """
     if operation.name != "completions" or not payload or payload.get("stream") is not True:
         return body, False
-    rewritten = dict(payload)
+    rewritten = copy.copy(payload)  # keeps jsoncodec's mark: NaN is written back as NaN
     requested = ask_for_usage(rewritten)
-    return json.dumps(rewritten, ensure_ascii=False, separators=(",", ":")).encode(), not requested
+    return jsoncodec.dumps(rewritten), not requested
 
 
 class _Upload:

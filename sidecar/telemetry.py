@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -62,6 +61,7 @@ from .histograms import PlainHistogram, attach
 from .meters import ListenerReading, Readings, Sums
 from .otlp import OtlpExporters, otlp_resource
 from .prometheus import PrometheusReader
+from .runner.clock import Clock, SystemClock
 from .runner.credentials import ReloadOutcome
 from .runner.errors import RunnerError
 from .runner.results import CallOutcome
@@ -87,9 +87,6 @@ DURATION_BUCKETS: tuple[float, ...] = (
 # An explicit propagator: the app speaks W3C trace context to us and upstream
 # gets the same, whatever OTEL_PROPAGATORS says for the rest of the process.
 _PROPAGATOR = TraceContextTextMapPropagator()
-
-# Patched by tests; the runner's clock may be fake, this one never is.
-_monotonic = time.monotonic
 
 
 _NO_PARENT = Context()
@@ -129,7 +126,12 @@ def _traceparent(context: SpanContext) -> dict[str, str]:
 
 
 class Telemetry:
-    """The sidecar's tracer and instruments; one per process (per runner)."""
+    """The sidecar's tracer and instruments; one per process (per runner).
+
+    ``clock`` times each call (its span's start to :meth:`CallTrace.finish`):
+    the :class:`~.app.Sidecar` hands in the one its runner runs on, so a
+    :class:`~.runner.clock.ManualClock` moves durations too.
+    """
 
     def __init__(
         self,
@@ -140,8 +142,10 @@ class Telemetry:
         tracer_provider: TracerProvider | None = None,
         metric_readers: Sequence[MetricReader] = (),
         environ: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        self.clock: Clock = clock or SystemClock()
         self.runtime = runtime
         self.provider_name = "azure.ai.openai" if variant == "azure" else "openai"
         self.server_address = server_address
@@ -304,7 +308,12 @@ class Telemetry:
     def start_call(
         self, headers: Mapping[str, str], *, model: str | None, stream: bool
     ) -> CallTrace:
-        """Open the call's span as a child of the app's trace context, if it sent one."""
+        """Open the call's span as a child of the app's trace context, if it sent one.
+
+        The call is timed from here, before the span is built: handlers start
+        it first thing, so the duration is the handler's.
+        """
+        started = self.clock.monotonic()
         carrier = _trace_carrier(headers)
         parent = _PROPAGATOR.extract(carrier) if carrier is not None else _NO_PARENT
         attributes: dict[str, AttributeValue] = {
@@ -316,7 +325,7 @@ class Telemetry:
             attributes["gen_ai.request.model"] = model
         span = self._start_span(f"chat {model}" if model else "chat", parent, attributes)
         self.in_flight += 1
-        return CallTrace(self, span, model=model, stream=stream)
+        return CallTrace(self, span, model=model, stream=stream, started=started)
 
     # -- events --------------------------------------------------------------
 
@@ -370,18 +379,38 @@ class Telemetry:
 
 
 class CallTrace:
-    """One call's span and its attempts; the runner's ``AttemptObserver``."""
+    """One call's span and its attempts; the runner's ``AttemptObserver``.
 
-    def __init__(self, telemetry: Telemetry, span: Span, *, model: str | None, stream: bool):
+    It also times the call, once, on the telemetry's clock: the duration
+    histogram and the request's log line (:meth:`elapsed`) read the same
+    measurement.
+    """
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        span: Span,
+        *,
+        model: str | None,
+        stream: bool,
+        started: float | None = None,
+    ):
         self._telemetry = telemetry
         self.span = span
         self._model = model
         self._stream = stream
         self._operation = "chat"
-        self._started = _monotonic()
+        self._started = telemetry.clock.monotonic() if started is None else started
+        self._duration: float | None = None
         self._attempts: dict[int, Span] = {}
         self._last_error: str | None = None
         self._finished = False
+
+    def elapsed(self) -> float:
+        """Seconds from the call's start to :meth:`finish`, or to now before it."""
+        if self._duration is not None:
+            return self._duration
+        return max(0.0, self._telemetry.clock.monotonic() - self._started)
 
     @property
     def trace_id(self) -> str:
@@ -452,8 +481,8 @@ class CallTrace:
         if self._finished:
             return
         self._finished = True
-        duration = max(0.0, _monotonic() - self._started)
         telemetry = self._telemetry
+        self._duration = duration = max(0.0, telemetry.clock.monotonic() - self._started)
         span = self.span
         if error is None and info is not None:
             error = info.error

@@ -29,12 +29,12 @@ this tree in exactly one place, the transport.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from multidict import CIMultiDict
 
+from . import jsoncodec
 from .headers import parse_retry_after
 
 if TYPE_CHECKING:
@@ -392,7 +392,7 @@ def classify_response(
     payload: Any = None
     if body:
         try:
-            payload = json.loads(body)
+            payload = jsoncodec.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             # RecursionError: absurdly nested JSON must not escape classification.
             payload = None

@@ -22,13 +22,13 @@ timeouts, classification of upstream's errors. Two things differ:
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict
 
+from . import jsoncodec
 from .config import AzureVariant
 from .credentials import CredentialSnapshot
 from .errors import RateLimited, RunnerError, classify_response
@@ -230,7 +230,7 @@ class ProxiedCall:
         raw = await self._response.read()
         self._complete = True
         try:
-            payload = json.loads(raw)
+            payload = jsoncodec.loads(raw)
         except (ValueError, UnicodeDecodeError):
             payload = None
         if isinstance(payload, dict):
@@ -268,7 +268,7 @@ class ProxiedCall:
         if not data or data == "[DONE]" or ('"usage"' not in data and self.response_id):
             return True
         try:
-            event: Any = json.loads(data)
+            event: Any = jsoncodec.loads(data)
         except ValueError:
             return True
         if not isinstance(event, dict):
@@ -296,7 +296,7 @@ class ProxiedCall:
         if not cost.priced:
             return
         usage[COST_FIELD] = round(cost.usd, 10)
-        data = json.dumps(outer, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        data = jsoncodec.dumps(outer)
         head = b"event: " + frame.event.encode("utf-8") + b"\n" if frame.event else b""
         self._rewritten = head + b"data: " + data + b"\n\n"
 

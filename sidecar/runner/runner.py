@@ -24,7 +24,7 @@ once (a failed call's error carries it as ``error.outcome``).
 
 from __future__ import annotations
 
-import json
+import copy
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from .breaker import CircuitBreakers
+from . import jsoncodec
+from .breaker import CircuitBreakers, CircuitPermits
 from .clock import Clock, SystemClock
 from .config import AzureVariant, OpenAiConfig
 from .credentials import CredentialSnapshot, CredentialStore
@@ -179,7 +180,8 @@ class OpenAiRunner:
         )
 
     def _encode(self, body: Mapping[str, Any], stream: bool, ledger: CallLedger) -> bytes:
-        payload = dict(body)
+        # A copy that keeps the document's type: see jsoncodec (NaN stays NaN).
+        payload = copy.copy(body) if isinstance(body, dict) else dict(body)
         if not stream and (payload.get("stream") or "stream_options" in payload):
             # chat() is the non-streaming call, whatever the body says.
             payload["stream"] = False
@@ -187,7 +189,7 @@ class OpenAiRunner:
         if stream:
             payload["stream"] = True
             ledger.usage_requested = ask_for_usage(payload)
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return jsoncodec.dumps(payload)
 
     def _headers(
         self,
@@ -227,7 +229,9 @@ class OpenAiRunner:
 
         ``retryable`` narrows the policy for calls that must not be repeated
         once upstream may have seen them (see :mod:`.proxying`); ``circuit``
-        names the breaker scope (:meth:`circuit_scope`).
+        names the breaker scope (:meth:`circuit_scope`). The helpers below
+        are plain functions on purpose: each coroutine layer between the
+        handler and the transport costs a frame on every resume.
         """
         deadline = ledger.started_at + self._config.timeouts.total
         snapshot = self.credentials.require()
@@ -238,16 +242,7 @@ class OpenAiRunner:
             attempt += 1
             ledger.attempts = attempt
             ledger.credential_fingerprint = snapshot.fingerprint
-            try:
-                permit = self.circuits.acquire(circuit)
-            except RunnerError as err:
-                # Our own failures opened the breaker mid-retry: what the
-                # caller needs to see is upstream's last answer.
-                if last_error is not None:
-                    ledger.attempts = last_error.attempts = attempt - 1
-                    raise last_error from None
-                err.attempts = 0
-                raise
+            permit = self._permit(circuit, ledger, attempt, last_error)
             headers = dict(extra_headers or {})
             if observer is not None:
                 headers.update(observer.attempt_started(attempt))
@@ -256,29 +251,20 @@ class OpenAiRunner:
                 result = await send(snapshot, headers, budget)
             except RunnerError as err:
                 last_error = err
-                if err.health_failure:
-                    permit.failure(err)
-                else:
-                    permit.success()
-                if observer is not None:
-                    status = err.status if isinstance(err, UpstreamError) else None
-                    observer.attempt_finished(attempt, status, err)
-                if isinstance(err, AuthenticationFailed) and err.status == 401 and not reread:
+                self._settle_failure(permit, err, attempt, observer)
+                if not reread and isinstance(err, AuthenticationFailed) and err.status == 401:
+                    # Once per call: enough to catch a rotation that landed
+                    # mid-call, never a loop on keys that keep changing.
                     reread = True
-                    fresh = self.credentials.reload().snapshot
-                    if fresh is not None and fresh.fingerprint != snapshot.fingerprint:
+                    fresh = self._fresh_key_after_401(snapshot)
+                    if fresh is not None:
                         snapshot = fresh
                         continue
-                decision = self.retry_policy.decide(err, attempt)
-                remaining = deadline - self.clock.monotonic()
-                if (
-                    not decision.retry
-                    or decision.delay >= remaining
-                    or (retryable is not None and not retryable(err))
-                ):
+                delay = self._retry_delay(err, attempt, deadline, retryable)
+                if delay is None:
                     err.attempts = attempt
                     raise
-                await self.clock.sleep(decision.delay)
+                await self.clock.sleep(delay)
             except BaseException:
                 permit.release()
                 raise
@@ -287,6 +273,65 @@ class OpenAiRunner:
                 if observer is not None:
                     observer.attempt_finished(attempt, 200, None)
                 return result
+
+    def _permit(
+        self, circuit: str, ledger: CallLedger, attempt: int, last_error: RunnerError | None
+    ) -> CircuitPermits:
+        """The breakers' permit for this attempt, or the error that ends the call."""
+        try:
+            return self.circuits.acquire(circuit)
+        except RunnerError as err:
+            if last_error is None:
+                err.attempts = 0
+                raise
+            # Our own failures opened the breaker mid-retry: what the caller
+            # needs to see is upstream's last answer, not our refusal.
+            ledger.attempts = last_error.attempts = attempt - 1
+            raise last_error from None
+
+    @staticmethod
+    def _settle_failure(
+        permit: CircuitPermits, err: RunnerError, attempt: int, observer: AttemptObserver | None
+    ) -> None:
+        """Tell the breakers and the observer how an attempt failed."""
+        if err.health_failure:
+            permit.failure(err)
+        else:
+            # Says nothing of upstream's health (a refusal, say): a success to the breakers.
+            permit.success()
+        if observer is not None:
+            status = err.status if isinstance(err, UpstreamError) else None
+            observer.attempt_finished(attempt, status, err)
+
+    def _fresh_key_after_401(self, snapshot: CredentialSnapshot) -> CredentialSnapshot | None:
+        """The key read again after a 401, if it is not the one upstream refused.
+
+        A rotation may have landed while the call was in flight; an unchanged
+        key would only be refused again.
+        """
+        fresh = self.credentials.reload().snapshot
+        if fresh is not None and fresh.fingerprint != snapshot.fingerprint:
+            return fresh
+        return None
+
+    def _retry_delay(
+        self,
+        err: RunnerError,
+        attempt: int,
+        deadline: float,
+        retryable: Callable[[RunnerError], bool] | None,
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up on ``err``.
+
+        A wait that would outlast the call's deadline is not worth starting.
+        """
+        decision = self.retry_policy.decide(err, attempt)
+        remaining = deadline - self.clock.monotonic()
+        if not decision.retry or decision.delay >= remaining:
+            return None
+        if retryable is not None and not retryable(err):
+            return None
+        return decision.delay
 
     def price(
         self,
@@ -418,7 +463,7 @@ class OpenAiRunner:
                     response.status, upstream_headers, raw, now=self.clock.time()
                 )
             try:
-                payload = json.loads(raw)
+                payload = jsoncodec.loads(raw)
             except (ValueError, UnicodeDecodeError):
                 payload = None
             if not isinstance(payload, dict):

@@ -14,12 +14,12 @@ quirks are tolerated: a first chunk with empty ``choices`` / ``id`` /
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict
 
+from . import jsoncodec
 from .errors import RunnerError, TransportError, classify_error_payload, classify_response
 from .pricing import Cost
 from .ratelimit import RatePermit
@@ -118,7 +118,7 @@ class StreamAttempt:
                 self._count_deferred()
             return True
         try:
-            chunk: Any = json.loads(data)
+            chunk: Any = jsoncodec.loads(data)
         except ValueError:
             return True  # not ours to judge: pass it on as upstream sent it
         if not isinstance(chunk, dict):
@@ -174,7 +174,7 @@ class StreamAttempt:
         """Add the deferred chunks' delta text to ``output_chars``."""
         for data in self._deferred:
             try:
-                chunk: Any = json.loads(data)
+                chunk: Any = jsoncodec.loads(data)
             except ValueError:
                 continue
             choices = chunk.get("choices") if isinstance(chunk, dict) else None
@@ -200,8 +200,7 @@ class StreamAttempt:
         )
         if cost.priced:
             usage[COST_FIELD] = round(cost.usd, 10)
-            encoded = json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
-            self._rewritten = b"data: " + encoded.encode("utf-8") + b"\n\n"
+            self._rewritten = b"data: " + jsoncodec.dumps(chunk) + b"\n\n"
 
     def _feed(self, frames: list[SSEFrame]) -> list[bytes]:
         out = []
@@ -352,6 +351,11 @@ class ChatStream:
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterator
+
+    @property
+    def finished(self) -> bool:
+        """Upstream's ``[DONE]`` has been read: nothing but its end should follow."""
+        return self._attempt.done
 
     async def _run(self) -> AsyncGenerator[bytes, None]:
         attempt = self._attempt

@@ -161,6 +161,9 @@ class Transport:
         :class:`TransportError` whose connection was never made says
         ``sent=False``: nothing reached upstream.
         """
+        # The loop's clock, not the runner's injected Clock: asyncio.timeout
+        # fires on loop time only, so the budget (seconds, whatever clock the
+        # runner counts them on) becomes a loop deadline here.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, budget)
         # A non-streaming answer is generated before its first byte, so only

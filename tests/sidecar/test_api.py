@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import aiohttp
@@ -298,6 +299,31 @@ async def test_bad_requests_get_clear_openai_shaped_errors(
         )
         assert ok.status == 200, "the sidecar keeps serving"
     assert len(upstream.requests) == 1, "refused requests never reach upstream"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_what_fast_json_would_change_reaches_upstream_as_the_app_sent_it(
+    sidecar: Sidecar, upstream: FakeUpstream, stream: bool
+) -> None:
+    # A 30-digit id, NaN and a lone surrogate escape: orjson would round the
+    # first, write the second as null and refuse the third.
+    body = (
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\\ud800 hi"}],'
+        b' "metadata": {"id": 123456789012345678901234567890}, "temperature": NaN,'
+        b' "stream": ' + (b"true" if stream else b"false") + b"}"
+    )
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            sidecar.api_url + "/v1/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        await response.read()
+        assert response.status == 200
+    sent = upstream.requests[-1].body
+    assert sent["metadata"]["id"] == 123456789012345678901234567890
+    assert math.isnan(sent["temperature"])
+    assert sent["messages"][0]["content"] == "\ud800 hi"
 
 
 async def test_huge_bodies_are_refused_with_413(make_sidecar: SidecarFactory) -> None:

@@ -12,20 +12,25 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from openai_runtime_sidecar.app import Sidecar
+from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.logs import JsonFormatter
+from openai_runtime_sidecar.runner import ManualClock
 from openai_runtime_sidecar.runner.credentials import fingerprint
+from openai_runtime_sidecar.server import settle
 from tests.support import OLD_KEY, points
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -355,6 +360,44 @@ async def test_one_log_line_per_request_with_status_model_tokens_and_cost(
     assert failed["prompt_tokens"] is None and failed["cost_usd"] is None
 
 
+async def test_the_log_line_and_the_histogram_read_the_sidecars_one_clock(
+    tmp_path: Path, request_log: pytest.LogCaptureFixture
+) -> None:
+    """A call is timed once, on the clock the sidecar hands its runner and telemetry."""
+    key_file = tmp_path / "key"
+    key_file.write_text(OLD_KEY)
+    config = SidecarConfig.model_validate(
+        {
+            "runtime": {"namespace": "team-a", "name": "chat"},
+            "variant": {"direct": {"endpoint": "http://127.0.0.1:9/v1"}},
+            "apiKey": {"file": str(key_file)},
+            "listen": {"api": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+        }
+    )
+    clock = ManualClock(50.0)
+    sidecar = Sidecar(config, clock=clock)
+    try:
+        assert sidecar.runner.clock is clock
+        assert sidecar.telemetry.clock is clock
+        trace = sidecar.telemetry.start_call({}, model="gpt-4o-mini", stream=False)
+        clock.advance(1.5)
+        request = make_mocked_request("POST", "/v1/chat/completions")
+        settle(sidecar, request, trace, None, 400, None, "invalid_json")
+        clock.advance(7.0)  # after the books are settled: counts nowhere
+        assert trace.elapsed() == 1.5
+
+        (line,) = request_records(request_log)
+        assert fields(line)["duration_ms"] == 1500.0
+        sums = [
+            text_line
+            for text_line in sidecar.telemetry.prometheus_text().splitlines()
+            if text_line.startswith("gen_ai_client_operation_duration_seconds_sum{")
+        ]
+        assert len(sums) == 1 and sums[0].endswith(" 1.5"), sums
+    finally:
+        sidecar.telemetry.shutdown()
+
+
 # -- nothing secret leaves ------------------------------------------------------------
 
 
@@ -411,7 +454,7 @@ async def test_no_prompt_completion_or_key_in_spans_metrics_or_logs(
     )
     # The search looks where the data is: the fingerprint and the numbers are there.
     assert fingerprint(OLD_KEY) in everything
-    assert "gen_ai.usage.input_tokens" in everything and '"status": 200' in everything
+    assert "gen_ai.usage.input_tokens" in everything and '"status":200' in everything
     for secret in (
         PROMPT,
         COMPLETION,

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from openai_runtime_sidecar import telemetry as telemetry_module
+from openai_runtime_sidecar.runner import ManualClock
 from openai_runtime_sidecar.runner.credentials import CredentialSnapshot, ReloadOutcome
 from openai_runtime_sidecar.runner.errors import RateLimited, UpstreamUnavailable
 from openai_runtime_sidecar.runner.pricing import Cost
@@ -59,7 +60,15 @@ def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
 
 
 @pytest.fixture
-def telemetry(provider: TracerProvider, reader: InMemoryMetricReader) -> Iterator[Telemetry]:
+def clock() -> ManualClock:
+    """The telemetry's clock, moved by hand."""
+    return ManualClock(1000.0)
+
+
+@pytest.fixture
+def telemetry(
+    provider: TracerProvider, reader: InMemoryMetricReader, clock: ManualClock
+) -> Iterator[Telemetry]:
     made = Telemetry(
         runtime="team-a/chat",
         variant="direct",
@@ -67,17 +76,10 @@ def telemetry(provider: TracerProvider, reader: InMemoryMetricReader) -> Iterato
         tracer_provider=provider,
         metric_readers=[reader],
         environ={},
+        clock=clock,
     )
     yield made
     made.shutdown()
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The telemetry's monotonic clock, moved by hand."""
-    now = [1000.0]
-    monkeypatch.setattr(telemetry_module, "_monotonic", lambda: now[0])
-    return now
 
 
 def make_info(
@@ -359,12 +361,12 @@ def test_a_sampled_out_parent_still_propagates_and_counts(
 
 
 def test_metrics_equal_the_usage_and_cost_given(
-    telemetry: Telemetry, reader: InMemoryMetricReader, clock: list[float]
+    telemetry: Telemetry, reader: InMemoryMetricReader, clock: ManualClock
 ) -> None:
     usd = 0.1 + 0.2  # not a "nice" float: the counter must carry it unchanged
     trace = telemetry.start_call({}, model="gpt-4o", stream=False)
     assert one(points(reader), "openai_runtime.requests.in_flight").value == 1
-    clock[0] += 1.5
+    clock.advance(1.5)
     run_call(trace, make_info(usage=Usage(123, 45, 168, cached_tokens=100), cost=price(usd)))
 
     found = points(reader)
