@@ -83,8 +83,10 @@ class ProxyRequest:
 def _may_retry(request: ProxyRequest) -> Callable[[RunnerError], bool] | None:
     """What may be retried, for calls that must not reach upstream twice (None: anything)."""
     replayable = not (request.body is not None and not isinstance(request.body, bytes))
-    keyed = "idempotency-key" in CIMultiDict(request.headers)
-    if replayable and (not request.operation.creates or keyed):
+    # The headers keep the app's spelling; the key is only looked for when it matters.
+    if replayable and (
+        not request.operation.creates or "idempotency-key" in map(str.lower, request.headers)
+    ):
         return None
 
     def unseen(err: RunnerError) -> bool:

@@ -15,22 +15,30 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
 from openai_runtime_sidecar.runner import ManualClock
 
-from .harness import assert_openai_error, running
+from .harness import Rig, assert_openai_error, running
 
 FAILING = {"x-fake-scenario": "server-error"}
-BREAKER = {"failureThreshold": 2, "openDuration": "30s"}
+THRESHOLD = 2
+BREAKER = {"failureThreshold": THRESHOLD, "openDuration": "30s"}
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 def sdk(url: str) -> openai.AsyncOpenAI:
     # The SDK's default retries: a refusal that invited one would show as a slow call.
     return openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused")
+
+
+async def open_circuit(rig: Rig, **body: Any) -> None:
+    """Upstream fails ``THRESHOLD`` calls in a row: their circuit opens."""
+    for _ in range(THRESHOLD):
+        assert (await rig.chat("x", headers=FAILING, **body)).status == 500
 
 
 async def test_a_failing_model_opens_its_own_circuit_only(tmp_path: Path) -> None:
@@ -40,8 +48,7 @@ async def test_a_failing_model_opens_its_own_circuit_only(tmp_path: Path) -> Non
         ) as rig,
         sdk(rig.url) as client,
     ):
-        for _ in range(2):
-            assert (await rig.chat("x", model="gpt-4o", headers=FAILING)).status == 500
+        await open_circuit(rig, model="gpt-4o")
         sent = len(rig.upstream.requests)
 
         with pytest.raises(openai.InternalServerError) as caught:
@@ -81,8 +88,7 @@ async def test_an_azure_deployment_opens_its_own_circuit_only(tmp_path: Path) ->
         ) as client,
     ):
         # The app names no deployment on /v1: the configured one serves, and fails.
-        for _ in range(2):
-            assert (await rig.chat("x", headers=FAILING)).status == 500
+        await open_circuit(rig)
         with pytest.raises(openai.InternalServerError) as caught:
             async with asyncio.timeout(10):
                 # The SDK puts the model in the URL: /openai/deployments/gpt-4o-prod/...
