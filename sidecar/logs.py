@@ -88,7 +88,7 @@ def _entry(created: float, level: str, logger: str, msg: str, fields: Any) -> di
         "logger": logger,
         "msg": msg,
     }
-    if isinstance(fields, Mapping):
+    if isinstance(fields, dict | Mapping):  # dict first: it skips the slower ABC check
         for key, value in fields.items():
             name = str(key)
             # A field never overwrites the core keys a pipeline indexes on.

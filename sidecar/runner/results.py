@@ -10,6 +10,7 @@ request. Neither holds prompt or completion text: only counts, names and ids.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from multidict import CIMultiDict
@@ -151,7 +152,7 @@ class CallLedger:
         Every field of the ledger is one of the outcome's, so they are copied
         by name: a field added to both cannot be forgotten here.
         """
-        kept = {name: getattr(self, name) for name in _LEDGER_FIELDS}
+        kept = dict(zip(_LEDGER_FIELDS, _read_ledger(self), strict=True))
         return CallOutcome(**kept, duration=now - self.started_at, error=error)
 
 
@@ -168,3 +169,4 @@ class ChatResult:
 
 
 _LEDGER_FIELDS = tuple(f.name for f in fields(CallLedger))
+_read_ledger = attrgetter(*_LEDGER_FIELDS)  # every field in one C call, once per call

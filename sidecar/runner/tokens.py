@@ -31,6 +31,8 @@ _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4  # role and the delimiters the chat format wraps round each message
 _TOKENS_PER_NAME = 1
 _REPLY_PRIMING = 3  # the assistant header every reply starts with
+# Bodies come off the wire as dicts: checked first, they skip the slower ABC check.
+_MAPPING = (dict, Mapping)
 _TOKENS_PER_IMAGE = 765  # a 1024×1024 image at "high" detail: 85 + 4 tiles × 170
 
 
@@ -54,7 +56,7 @@ def _json_tokens(value: Any) -> int:
 def _part_tokens(part: Any) -> int:
     if isinstance(part, str):
         return estimate_text_tokens(part)
-    if not isinstance(part, Mapping):
+    if not isinstance(part, _MAPPING):
         return 0
     kind = part.get("type")
     if kind in ("image_url", "image", "input_image"):
@@ -77,7 +79,7 @@ def _content_tokens(content: Any) -> int:
 
 
 def _message_tokens(message: Any) -> int:
-    if not isinstance(message, Mapping):
+    if not isinstance(message, _MAPPING):
         return 0
     tokens = _TOKENS_PER_MESSAGE + _content_tokens(message.get("content"))
     name = message.get("name")
@@ -103,7 +105,7 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     message and 3 of reply priming. Never raises; always at least 1.
     """
     raw: object = body  # typed as a mapping, but it came off the wire
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, _MAPPING):
         return 1
     tokens = _REPLY_PRIMING
     messages = raw.get("messages")
@@ -132,7 +134,7 @@ def max_output_tokens(body: Mapping[str, Any], default: int = 4096) -> int:
     integer above 1, since every choice may use the whole limit.
     """
     raw: object = body
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, _MAPPING):
         return default
     limit = _positive_int(raw.get("max_completion_tokens"))
     if limit is None:
