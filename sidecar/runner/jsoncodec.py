@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -38,8 +37,11 @@ except ImportError:  # pragma: no cover - exercised by the fallback test's subpr
 
 __all__ = ["FAST", "dumps", "dumps_text", "loads"]
 
-_LONG_NUMBER = re.compile(rb"\d{19}")
-_LONG_NUMBER_TEXT = re.compile(r"\d{19}")
+# Every ASCII digit becomes "1" and every other byte "0": a run of 19 digits is
+# then a plain substring search. A regex does the same scan ten times slower
+# (an 8 KB embeddings answer: 80 µs against 8).
+_DIGIT_MAP = bytes(0x31 if 0x30 <= byte <= 0x39 else 0x30 for byte in range(256))
+_LONG_NUMBER = b"1" * 19
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
@@ -73,11 +75,8 @@ def loads(data: bytes | str) -> Any:
     """Parse like :func:`json.loads` (same values, same errors), fast when it can."""
     if not FAST:
         return _stdlib_loads(data)
-    if isinstance(data, str):
-        long_number = _LONG_NUMBER_TEXT.search(data) is not None
-    else:
-        long_number = _LONG_NUMBER.search(data) is not None
-    if not long_number:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if _LONG_NUMBER not in raw.translate(_DIGIT_MAP):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
