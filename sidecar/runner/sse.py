@@ -98,6 +98,11 @@ class SSEDecoder:
         """Bytes received but not yet part of a returned frame."""
         return bytes(self._buf)
 
+    @property
+    def between_frames(self) -> bool:
+        """Nothing held: the next byte fed starts a new frame (or the stream)."""
+        return not self._buf
+
     def feed(self, chunk: bytes) -> list[SSEFrame]:
         """Add ``chunk`` to the stream; return the frames it completes, in order."""
         if not chunk:

@@ -14,6 +14,7 @@ quirks are tolerated: a first chunk with empty ``choices`` / ``id`` /
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,6 +61,8 @@ COST_FIELD = "openai_runtime_cost_usd"
 # its usage arrives are kept unparsed, up to this many characters, and parsed
 # only if that estimate is ever needed (a finished stream reports its usage).
 _DEFERRED_CHARS = 65536
+# A finish reason that is not null: the frame carrying it must be read.
+_FINISHED = re.compile(rb'"finish_reason":\s*+(?!null)')
 
 
 class StreamAttempt:
@@ -98,6 +101,7 @@ class StreamAttempt:
         """Which event (1-based) carried an in-band error."""
         self._closed = False
         self._deferred: list[str] = []
+        self._deferred_chunks: list[str] = []
         self._deferred_chars = 0
 
     # -- frames ------------------------------------------------------------
@@ -170,8 +174,78 @@ class StreamAttempt:
             and data.count('"finish_reason"') == data.count('"finish_reason":null')
         )
 
+    def _plain_prefix(self, chunk: bytes) -> int:
+        """How many leading bytes of ``chunk`` are delta text only, in single-line frames.
+
+        The bulk of a stream is such frames, and each would be cut, decoded and
+        checked only to be forwarded unchanged and kept for the output
+        estimate. The checks of :meth:`_only_content` are made on the bytes of
+        the whole run at once: it ends before the first frame that may carry
+        usage, an error, a finish reason or ``[DONE]``, and it is counted and
+        kept as it came. Anything in doubt (other fields, several lines,
+        ``\r``, a frame not yet complete) is left to the frame-by-frame path.
+        """
+        # A known id means the decoder has read the stream's start (its BOM).
+        if (
+            self.response_id is None
+            or self.response_model is None
+            or not self._decoder.between_frames
+            or not chunk.startswith(b"data: ")
+            or b"\r" in chunk
+        ):
+            return 0
+        cut = len(chunk)
+        for marker in (b'"usage"', b'"error"', b"[DONE]"):
+            found = chunk.find(marker, 0, cut)
+            if found >= 0:
+                cut = found
+        finished = _FINISHED.search(chunk, 0, cut)
+        if finished is not None:
+            cut = finished.start()
+        end = chunk.rfind(b"\n\n", 0, cut) + 2
+        if end < 2:
+            return 0
+        frames = chunk.count(b"\n\n", 0, end)
+        if chunk.count(b"\n", 0, end) != 2 * frames or chunk.count(b"\n\ndata: ", 0, end) != (
+            frames - 1
+        ):
+            return 0
+        text = chunk[:end].decode("utf-8", "replace")
+        self.events += frames
+        self._deferred_chunks.append(text)
+        self._deferred_chars += len(text)
+        if self._deferred_chars > _DEFERRED_CHARS:
+            self._count_deferred()
+        return end
+
+    def _take(self, chunk: bytes) -> list[bytes]:
+        """The bytes to forward for ``chunk``, in order: a plain run whole, the rest by frame."""
+        if self.response_id is None and self._decoder.between_frames:
+            # The id and model come with the first event: decoded alone, they
+            # let the rest of the same read take the plain path.
+            first = chunk.find(b"\n\n") + 2
+            if first >= 2 and b"\r" not in chunk[:first]:
+                out = self._feed(self._decoder.feed(chunk[:first]))
+                chunk = chunk[first:]
+                if not chunk:
+                    return out
+                return (
+                    out + self._take(chunk)
+                    if self._decoder.between_frames
+                    else out + (self._feed(self._decoder.feed(chunk)))
+                )
+        plain = self._plain_prefix(chunk)
+        if not plain:
+            return self._feed(self._decoder.feed(chunk))
+        if plain == len(chunk):
+            return [chunk]
+        return [chunk[:plain], *self._feed(self._decoder.feed(chunk[plain:]))]
+
     def _count_deferred(self) -> None:
         """Add the deferred chunks' delta text to ``output_chars``."""
+        for text in self._deferred_chunks:
+            self._deferred.extend(frame[6:] for frame in text.split("\n\n") if frame)
+        self._deferred_chunks.clear()
         for data in self._deferred:
             try:
                 chunk: Any = jsoncodec.loads(data)
@@ -221,7 +295,7 @@ class StreamAttempt:
                 except StopAsyncIteration:
                     self._buffered.extend(self._feed(self._decoder.flush()))
                     break
-                self._buffered.extend(self._feed(self._decoder.feed(chunk)))
+                self._buffered.extend(self._take(chunk))
             # An error as the very first event means nothing useful was sent:
             # retryable. After real events it belongs to the committed stream.
             if self.error is not None and self.error_event == 1:
@@ -238,7 +312,7 @@ class StreamAttempt:
             out, self._buffered = b"".join(self._buffered), []
             yield out
         async for chunk in self._chunks:
-            forward = self._feed(self._decoder.feed(chunk))
+            forward = self._take(chunk)
             if forward:
                 yield b"".join(forward)
         tail = self._feed(self._decoder.flush())
