@@ -10,6 +10,7 @@ upstream answers 429. Pure functions of a header mapping: no I/O.
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,8 +100,13 @@ def _int(headers: Mapping[str, str], name: str) -> int | None:
 
 def _reset(headers: Mapping[str, str], name: str) -> float | None:
     raw = _get(headers, name)
-    if raw is None:
-        return None
+    return None if raw is None else _reset_seconds(raw)
+
+
+# Every answer carries two resets, and they take few values ("6ms", "1s"...):
+# parsed once each, not twice per call.
+@functools.lru_cache(maxsize=256)
+def _reset_seconds(raw: str) -> float | None:
     try:
         return parse_duration(raw)
     except ValueError:
