@@ -1,13 +1,15 @@
-"""Helpers shared by tests: test keys, a Secret volume written the kubelet way, JSON patches."""
+"""Helpers shared by tests: test keys, a Secret volume written the kubelet way, JSON patches,
+an aiohttp app served on loopback."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from aiohttp import web
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from openai_runtime_sidecar.fakes.secretvolume import SecretVolume
@@ -16,7 +18,27 @@ OLD_KEY = "sk-test-old-0000000000000000"
 NEW_KEY = "sk-test-new-1111111111111111"
 
 
-__all__ = ["NEW_KEY", "OLD_KEY", "SecretVolume", "apply_patch", "points", "unaccepting_port"]
+__all__ = [
+    "NEW_KEY",
+    "OLD_KEY",
+    "SecretVolume",
+    "apply_patch",
+    "on_loopback",
+    "points",
+    "unaccepting_port",
+]
+
+
+@contextlib.asynccontextmanager
+async def on_loopback(app: web.Application) -> AsyncIterator[str]:
+    """``app`` served on a free loopback port, as its base URL (``http://127.0.0.1:PORT``)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:

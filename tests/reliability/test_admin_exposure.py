@@ -37,7 +37,7 @@ from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.telemetry import Telemetry
-from tests.support import OLD_KEY, SecretVolume
+from tests.support import OLD_KEY, SecretVolume, on_loopback
 
 from .harness import CHAT, OLD_FP
 
@@ -80,14 +80,8 @@ async def serving(document: dict[str, Any]) -> AsyncIterator[int]:
 
     app = web.Application()
     app.router.add_get("/status", status)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    async with on_loopback(app) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @asynccontextmanager

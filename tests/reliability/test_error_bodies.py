@@ -20,6 +20,8 @@ import openai
 import pytest
 from aiohttp import web
 
+from tests.support import on_loopback
+
 from .harness import MODEL, assert_openai_error, running
 
 SERVER_ERROR = {
@@ -56,15 +58,8 @@ class ErrorUpstream:
     async def serving(self) -> AsyncIterator[ErrorUpstream]:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        try:
+        async with on_loopback(app) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 def sdk(url: str) -> openai.AsyncOpenAI:

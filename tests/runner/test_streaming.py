@@ -18,6 +18,7 @@ from openai_runtime_sidecar.runner.config import TimeoutSettings
 from openai_runtime_sidecar.runner.errors import RunnerError
 from openai_runtime_sidecar.runner.streaming import StreamAttempt
 from openai_runtime_sidecar.runner.transport import Transport
+from tests.support import on_loopback
 
 
 class _FrameByFrame(StreamAttempt):
@@ -111,13 +112,8 @@ async def upstream() -> AsyncIterator[tuple[str, dict[str, Sequence[bytes]]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", stream)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}/v1/chat/completions", plan
-    await runner.cleanup()
+    async with on_loopback(app) as url:
+        yield f"{url}/v1/chat/completions", plan
 
 
 async def _read(url: str, kind: type[StreamAttempt]) -> tuple[object, ...]:
