@@ -61,6 +61,8 @@ COST_FIELD = "openai_runtime_cost_usd"
 # its usage arrives are kept unparsed, up to this many characters, and parsed
 # only if that estimate is ever needed (a finished stream reports its usage).
 _DEFERRED_CHARS = 65536
+# Events of a read decoded one by one while the id and model are not known yet.
+_SPLIT_EVENTS = 4
 # A finish reason that is not null: the frame carrying it must be read.
 _FINISHED = re.compile(rb'"finish_reason":\s*+(?!null)')
 
@@ -220,26 +222,29 @@ class StreamAttempt:
 
     def _take(self, chunk: bytes) -> list[bytes]:
         """The bytes to forward for ``chunk``, in order: a plain run whole, the rest by frame."""
-        if self.response_id is None and self._decoder.between_frames:
-            # The id and model come with the first event: decoded alone, they
-            # let the rest of the same read take the plain path.
-            first = chunk.find(b"\n\n") + 2
-            if first >= 2 and b"\r" not in chunk[:first]:
-                out = self._feed(self._decoder.feed(chunk[:first]))
-                chunk = chunk[first:]
-                if not chunk:
-                    return out
-                return (
-                    out + self._take(chunk)
-                    if self._decoder.between_frames
-                    else out + (self._feed(self._decoder.feed(chunk)))
-                )
-        plain = self._plain_prefix(chunk)
-        if not plain:
-            return self._feed(self._decoder.feed(chunk))
-        if plain == len(chunk):
-            return [chunk]
-        return [chunk[:plain], *self._feed(self._decoder.feed(chunk[plain:]))]
+        out: list[bytes] = []
+        start = 0
+        # The id and model come with the first events (Azure's first one may
+        # have neither): decoded one by one, they let the rest of the same
+        # read take the plain path. A few at most: an upstream that never
+        # sends an id is simply read frame by frame.
+        for _ in range(_SPLIT_EVENTS):
+            if self.response_id is not None or not self._decoder.between_frames:
+                break
+            end = chunk.find(b"\n\n", start) + 2
+            if end < 2 or chunk.find(b"\r", start, end) >= 0:
+                break
+            out += self._feed(self._decoder.feed(chunk[start:end]))
+            start = end
+        if start:
+            chunk = chunk[start:]
+        plain = self._plain_prefix(chunk) if chunk else 0
+        if plain:
+            out.append(chunk[:plain])
+            chunk = chunk[plain:]
+        if chunk:
+            out += self._feed(self._decoder.feed(chunk))
+        return out
 
     def _count_deferred(self) -> None:
         """Add the deferred chunks' delta text to ``output_chars``."""

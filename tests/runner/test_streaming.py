@@ -77,6 +77,16 @@ CASES: dict[str, Sequence[bytes]] = {
         *_TAIL,
     ],
     "cut before its usage": [*_HEAD, *_CONTENT],
+    # Read in one go: the id never comes, or only after thousands of frames.
+    "an upstream that never sends an id": [
+        b"".join(
+            _event({"choices": [{"index": 0, "delta": {"content": "x"}}]}) for _ in range(3000)
+        ),
+        b"data: [DONE]\n\n",
+    ],
+    "thousands of keep-alives first": [
+        b": keep-alive\n\n" * 3000 + b"".join(_HEAD + _CONTENT + _TAIL)
+    ],
     "spaced json": [
         *_HEAD,
         *[_event(_chunk({"content": f"w{i}"}), spaced=True) for i in range(5)],
