@@ -30,6 +30,7 @@ from .logs import RequestLog, request_fields
 from .runner import (
     CallOutcome,
     ChatStream,
+    Cost,
     LocalRateLimited,
     RunnerError,
     UpstreamError,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ApiRunner",
     "BadRequest",
+    "add_cost",
     "build_api_app",
     "error_response",
     "forward_headers",
@@ -189,6 +191,12 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
 def passthrough(headers: CIMultiDict[str] | CIMultiDictProxy[str]) -> dict[str, str]:
     """Upstream's headers worth passing on to the app (looked up case-insensitively)."""
     return {name: value for name in _PASS_HEADERS if (value := headers.get(name)) is not None}
+
+
+def add_cost(headers: dict[str, str], cost: Cost | None) -> None:
+    """What a priced call cost, in USD, as ``x-openai-runtime-cost-usd``."""
+    if cost is not None and cost.priced:
+        headers["x-openai-runtime-cost-usd"] = f"{cost.usd:.10f}".rstrip("0")
 
 
 def error_response(err: RunnerError) -> web.Response:
@@ -391,8 +399,7 @@ class ApiHandlers:
         headers = passthrough(result.headers)
         headers["Content-Type"] = "application/json"
         headers["x-openai-runtime-attempts"] = str(info.attempts)
-        if info.cost is not None and info.cost.priced:
-            headers["x-openai-runtime-cost-usd"] = f"{info.cost.usd:.10f}".rstrip("0")
+        add_cost(headers, info.cost)
         return web.Response(body=result.body, status=result.status, headers=headers), info, None
 
     async def _stream(

@@ -30,6 +30,7 @@ from .runner.proxying import ProxiedCall, ProxyRequest, proxy
 from .runner.streaming import ask_for_usage
 from .server import (
     BadRequest,
+    add_cost,
     error_response,
     forward_headers,
     model_deployment,
@@ -215,9 +216,7 @@ class SurfaceHandlers:
         if call.buffered:
             body = await call.body()
             call.close()  # the cost is known now, and goes in a header
-            cost = call.outcome.cost if call.outcome is not None else None
-            if cost is not None and cost.priced:
-                headers["x-openai-runtime-cost-usd"] = f"{cost.usd:.10f}".rstrip("0")
+            add_cost(headers, call.outcome.cost if call.outcome is not None else None)
             return web.Response(body=body, status=call.status, headers=headers)
         if "text/event-stream" in call.content_type:
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
