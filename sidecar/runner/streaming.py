@@ -376,13 +376,14 @@ async def open_stream(
     request_model: str | None = None,
 ) -> StreamAttempt:
     """Check the answer to a stream request and read up to its first event."""
-    headers = CIMultiDict(response.headers)
+    # Errors keep a copy of the headers; a stream's StreamAttempt takes its own.
     if not 200 <= response.status < 300:
-        raise classify_response(response.status, headers, await response.read(), now=now)
-    content_type = headers.get("Content-Type", headers.get("content-type", ""))
+        body = await response.read()
+        raise classify_response(response.status, CIMultiDict(response.headers), body, now=now)
+    content_type = response.headers.get("Content-Type", "")
     if "text/event-stream" not in content_type:
         body = await response.read()
-        error = classify_response(response.status, headers, body, now=now)
+        error = classify_response(response.status, CIMultiDict(response.headers), body, now=now)
         if error.payload.get("error", {}).get("type") != "upstream_error":
             raise error  # an OpenAI-shaped error object delivered with a 2xx status
         raise TransportError(f"upstream answered a stream request with {content_type or 'no type'}")
