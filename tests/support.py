@@ -3,10 +3,11 @@ an aiohttp app served on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -23,9 +24,11 @@ __all__ = [
     "OLD_KEY",
     "SecretVolume",
     "apply_patch",
+    "free_port",
     "on_loopback",
     "points",
     "unaccepting_port",
+    "until",
 ]
 
 
@@ -84,6 +87,22 @@ def apply_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
         else:
             raise AssertionError(f"unexpected op {op}")
     return doc
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago (another process may take it before it is used)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def until(predicate: Callable[[], object]) -> None:
+    """Let the loop run (no wall-clock sleep) until ``predicate()`` holds."""
+    for _ in range(10_000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never became true")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ import aiohttp
 import yaml
 
 from .. import kustomize
+from ..support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "deploy" / "base"
@@ -51,12 +51,6 @@ __all__ = [
     "shipped_args",
     "write_kubeconfig",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def shipped_objects() -> list[dict[str, Any]]:

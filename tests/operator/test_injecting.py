@@ -12,7 +12,6 @@ import base64
 import contextlib
 import copy
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from openai_runtime_operator.models import (
 from openai_runtime_operator.registry import build_registry, build_settings
 from openai_runtime_sidecar.contract import KEY_DIR
 
-from ..support import apply_patch
+from ..support import apply_patch, free_port
 from .inprocess import InProcessKopf
 from .test_operator import NS, RUNTIMES, pod, runtime
 
@@ -200,12 +199,6 @@ def test_host_network_and_invalid_runtime_refused() -> None:
 
 
 # --- the webhook over HTTP ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def review(obj: dict[str, Any], namespace: str = NS) -> dict[str, Any]:

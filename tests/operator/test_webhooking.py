@@ -31,7 +31,8 @@ from openai_runtime_operator.webhooking import (
     service_hostnames,
 )
 
-from .test_injecting import Webhook, controller_pod, free_port, serving, with_status
+from ..support import free_port
+from .test_injecting import Webhook, controller_pod, serving, with_status
 from .test_operator import NS, RUNTIMES, runtime
 
 OPERATOR_NS = "openai-runtime-system"

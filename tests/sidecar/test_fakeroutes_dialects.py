@@ -19,6 +19,7 @@ import pytest
 from aiohttp.payload import AsyncIterablePayload
 
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream
+from tests.support import until
 
 from .fakeclients import API_VERSION, KEY
 
@@ -34,15 +35,6 @@ def direct_client(fake: FakeUpstream, base: str = "/v1", **options: Any) -> open
     return openai.AsyncOpenAI(
         base_url=fake.url + base, **({"api_key": KEY, "max_retries": 0} | options)
     )
-
-
-async def until(predicate: Any) -> None:
-    """Let the loop run (no wall-clock sleep) until ``predicate()`` holds."""
-    for _ in range(10_000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never became true")
 
 
 # -- classic Azure -----------------------------------------------------------------------

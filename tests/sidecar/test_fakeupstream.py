@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream, RecordedRequest
+from tests.support import until
 
 from .fakeclients import KEY, OTHER_KEY, fingerprint
 
@@ -48,15 +49,6 @@ def events(raw: bytes) -> list[Any]:
         data = block.removeprefix("data: ")
         out.append(data if data == "[DONE]" else json.loads(data))
     return out
-
-
-async def until(predicate: Any) -> None:
-    """Let the loop run (no wall-clock sleep) until ``predicate()`` holds."""
-    for _ in range(10_000):
-        if predicate():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never became true")
 
 
 # -- the official SDK ---------------------------------------------------------

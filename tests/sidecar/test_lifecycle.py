@@ -12,7 +12,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -28,7 +27,7 @@ from openai_runtime_sidecar.config import parse_listen
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.runner.credentials import fingerprint
 from tests.sidecar.conftest import SidecarFactory
-from tests.support import OLD_KEY, SecretVolume
+from tests.support import OLD_KEY, SecretVolume, free_port
 
 CLI = Path(sys.executable).parent / "openai-runtime"
 USER = {"role": "user", "content": "Summarise the rotation guarantee"}
@@ -49,13 +48,6 @@ async def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"not within {within}s: {what or check}")
         await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def refuses(url: str) -> bool:
