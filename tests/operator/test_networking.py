@@ -134,11 +134,23 @@ def _policy(operator: Cluster, name: str = "alpha") -> dict[str, Any] | None:
     return operator.get(POLICIES, f"{name}-openai-runtime-admin")
 
 
-async def test_runtime_gets_its_network_policy(operator: Cluster) -> None:
-    kmock = operator.kmock
-    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
-    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
+def _with_alpha(operator: Cluster) -> None:
+    """Runtime ``alpha`` and its key Secret, with the network policy switched on."""
+    operator.kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    operator.kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
     operator.ctx.network_policy = SETTINGS
+
+
+async def _serving_alpha(operator: Cluster) -> None:
+    """The operator started on :func:`_with_alpha`, its policy written, ``alpha`` Ready."""
+    _with_alpha(operator)
+    await operator.start()
+    await eventually(lambda: _policy(operator), "NetworkPolicy")
+    await eventually(ready(operator, "alpha"), "Ready=True")
+
+
+async def test_runtime_gets_its_network_policy(operator: Cluster) -> None:
+    _with_alpha(operator)
     await operator.start()
 
     policy = await eventually(lambda: _policy(operator), "NetworkPolicy")
@@ -155,13 +167,7 @@ async def test_runtime_gets_its_network_policy(operator: Cluster) -> None:
 
 
 async def test_changed_monitoring_namespace_patches_the_policy(operator: Cluster) -> None:
-    kmock = operator.kmock
-    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
-    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
-    operator.ctx.network_policy = SETTINGS
-    await operator.start()
-    await eventually(lambda: _policy(operator), "NetworkPolicy")
-    await eventually(ready(operator, "alpha"), "Ready=True")
+    await _serving_alpha(operator)
 
     # As after a restart with --monitoring-namespace=prometheus.
     operator.ctx.network_policy = dataclasses.replace(
@@ -176,16 +182,10 @@ async def test_changed_monitoring_namespace_patches_the_policy(operator: Cluster
 
 
 async def test_tampered_selector_is_put_back(operator: Cluster) -> None:
-    kmock = operator.kmock
-    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
-    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
-    operator.ctx.network_policy = SETTINGS
-    await operator.start()
-    await eventually(lambda: _policy(operator), "NetworkPolicy")
-    await eventually(ready(operator, "alpha"), "Ready=True")
+    await _serving_alpha(operator)
 
     # A narrower selector would leave some of the runtime's pods unfenced.
-    await kmock.patch(
+    await operator.kmock.patch(
         f"{POLICIES_URL}/alpha-openai-runtime-admin",
         json={"spec": {"podSelector": {"matchLabels": {"tier": "x"}}, "ingress": []}},
         headers=MERGE,
@@ -220,10 +220,7 @@ async def test_forbidden_policy_leaves_the_runtime_ready(
         raise KubeApiError("POST", POLICIES_URL, 403, "Forbidden")
 
     monkeypatch.setattr(reconciling, "ensure_network_policy", forbidden)
-    kmock = operator.kmock
-    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
-    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha")
-    operator.ctx.network_policy = SETTINGS
+    _with_alpha(operator)
     with caplog.at_level(logging.WARNING):
         await operator.start()
         await eventually(ready(operator, "alpha"), "Ready=True")
