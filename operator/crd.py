@@ -1,10 +1,12 @@
-"""The ``OpenAiRuntime`` CustomResourceDefinition, generated from the pydantic models.
+"""The ``OpenAiRuntime`` CustomResourceDefinition, generated from the models.
 
 ``openai-runtime crd`` prints it; ``--output FILE`` (repeatable) writes it, and
 ``--check`` reports files that differ from what would be written. The copies in
 ``deploy/base/`` and the Helm chart are this output, kept in sync by a test.
 
-pydantic's JSON schema is turned into a *structural* OpenAPI v3 schema, as the
+The models' JSON schema (the spec's from
+:func:`openai_runtime_sidecar.runner.schemas.json_schema`, the status's from
+pydantic) is turned into a *structural* OpenAPI v3 schema, as the
 API server requires: ``$ref`` resolved inline, every node typed, no ``anyOf``
 choosing between types except the int-or-string form, OpenAPI 3.0 keywords.
 Durations become ``x-kubernetes-int-or-string`` (integer seconds or a string
@@ -30,6 +32,8 @@ import yaml
 from pydantic import BaseModel
 
 from openai_runtime_sidecar.runner.durations import format_duration
+from openai_runtime_sidecar.runner.modeling import ConfigModel
+from openai_runtime_sidecar.runner.schemas import json_schema
 
 from .models import (
     CRD_NAME,
@@ -129,7 +133,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
-# Keywords copied as they are; anything else that pydantic emits is an error,
+# Keywords copied as they are; anything else a model's schema holds is an error,
 # so a new kind of field cannot slip into the CRD unchecked.
 _COPIED = (
     "description",
@@ -151,7 +155,7 @@ _MISSING = object()
 
 
 class SchemaError(ValueError):
-    """A pydantic schema construct with no structural equivalent."""
+    """A JSON schema construct with no structural equivalent."""
 
 
 def _resolve(node: Schema, defs: Mapping[str, Schema]) -> Schema:
@@ -276,8 +280,11 @@ def _int_or_string(branches: list[Schema], outer: Schema) -> Schema:
     return out
 
 
-def _schema_of(model: type[BaseModel], path: tuple[str, ...]) -> Schema:
-    schema = model.model_json_schema(by_alias=True, mode="validation")
+def _schema_of(model: type[BaseModel | ConfigModel], path: tuple[str, ...]) -> Schema:
+    if issubclass(model, ConfigModel):
+        schema = json_schema(model)
+    else:
+        schema = model.model_json_schema(by_alias=True, mode="validation")
     return _structural(schema, schema.get("$defs", {}), path)
 
 

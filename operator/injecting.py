@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator, Collection, Mapping, MutableMapping
 from typing import Any, cast
 
 import kopf
-from pydantic import ValidationError
 
 from openai_runtime_sidecar.contract import (
     ADMIN_PORT,
@@ -40,6 +39,7 @@ from openai_runtime_sidecar.contract import (
     READYZ_PATH,
 )
 from openai_runtime_sidecar.contract import API_BASE_URL as BASE_URL
+from openai_runtime_sidecar.runner.modeling import ValidationError
 
 from .context import OperatorContext
 from .kubeapi import resource_path

@@ -1,11 +1,13 @@
 """The ``OpenAiRuntime`` custom resource: its spec, its status, and its names on the cluster.
 
-These pydantic models are the CRD's source of truth: :mod:`.crd` generates the
+These models are the CRD's source of truth: :mod:`.crd` generates the
 CustomResourceDefinition's schema from them, and reconciliation turns a spec
-into the sidecar's config with :func:`render_sidecar_config`. The spec reuses
-the sidecar's and the runner's config models (variant, models, pricing and
-every policy) rather than declaring them again, so a field added there
-appears here, in the CRD and in the rendered config at once.
+into the sidecar's config with :func:`render_sidecar_config`. The spec is a
+config model like the sidecar's (:mod:`openai_runtime_sidecar.runner.modeling`)
+and reuses them (variant, models, pricing and every policy) rather than
+declaring them again, so a field added there appears here, in the CRD and in
+the rendered config at once. The status, which only the operator reads back
+from the cluster, is pydantic.
 
 Pure code: no kopf, no kubernetes client, no I/O.
 """
@@ -16,26 +18,27 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    WithJsonSchema,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as StatusField
 from pydantic.alias_generators import to_camel
 
 from openai_runtime_sidecar.config import ModelSettings, RuntimeRef, SidecarConfig
 from openai_runtime_sidecar.contract import DEFAULT_SECRET_KEY, key_file
 from openai_runtime_sidecar.runner.config import (
     CircuitBreakerSettings,
-    ConfigModel,
     RateLimitSettings,
     RetrySettings,
     SecretRef,
     TimeoutSettings,
     Variant,
+)
+from openai_runtime_sidecar.runner.modeling import (
+    After,
+    Before,
+    ConfigModel,
+    Field,
+    JsonSchema,
+    Rule,
 )
 from openai_runtime_sidecar.runner.pricing import ModelPrice
 
@@ -134,9 +137,9 @@ def _quantity_as_text(value: Any) -> Any:
 
 Quantity = Annotated[
     str,
-    BeforeValidator(_quantity_as_text),
-    Field(pattern=_QUANTITY),
-    WithJsonSchema(
+    Before(_quantity_as_text),
+    Rule(pattern=_QUANTITY),
+    JsonSchema(
         {
             "anyOf": [{"type": "integer"}, {"type": "string", "pattern": _QUANTITY}],
             "description": "A resource quantity: 50m, 64Mi, 1.",
@@ -182,12 +185,21 @@ class SidecarSettings(ConfigModel):
     )
 
 
+def _bounded_models(value: ModelSettings) -> ModelSettings:
+    if len(value.allow) > MAX_ALLOWED_MODELS:
+        raise ValueError(f"at most {MAX_ALLOWED_MODELS} allowed models")
+    names = [*value.allow, *([value.default] if value.default is not None else [])]
+    if any(not 1 <= len(name) <= MAX_MODEL_NAME_LENGTH for name in names):
+        raise ValueError(f"model names are 1 to {MAX_MODEL_NAME_LENGTH} characters")
+    return value
+
+
 class OpenAiRuntimeSpec(ConfigModel):
     """Desired state: one upstream, one key, the models apps may use, and every policy."""
 
     variant: Variant = Field(description="Exactly one of direct or azure.")
     api_key_secret_ref: SecretKeyRef = Field(description="The Secret key holding the API key.")
-    models: ModelSettings = Field(
+    models: Annotated[ModelSettings, After(_bounded_models)] = Field(
         default_factory=ModelSettings, description="Which models apps may ask for."
     )
     pricing: dict[str, ModelPrice] = Field(
@@ -207,16 +219,6 @@ class OpenAiRuntimeSpec(ConfigModel):
     sidecar: SidecarSettings = Field(
         default_factory=SidecarSettings, description="The injected sidecar container."
     )
-
-    @field_validator("models")
-    @classmethod
-    def _bounded_models(cls, value: ModelSettings) -> ModelSettings:
-        if len(value.allow) > MAX_ALLOWED_MODELS:
-            raise ValueError(f"at most {MAX_ALLOWED_MODELS} allowed models")
-        names = [*value.allow, *([value.default] if value.default is not None else [])]
-        if any(not 1 <= len(name) <= MAX_MODEL_NAME_LENGTH for name in names):
-            raise ValueError(f"model names are 1 to {MAX_MODEL_NAME_LENGTH} characters")
-        return value
 
     @property
     def variant_name(self) -> Literal["direct", "azure"]:
@@ -242,17 +244,19 @@ class _StatusModel(BaseModel):
 class Condition(_StatusModel):
     """One observation, in the shape of the Kubernetes metav1.Condition."""
 
-    type: str = Field(min_length=1, max_length=316, description="Ready, CredentialResolved, ...")
+    type: str = StatusField(
+        min_length=1, max_length=316, description="Ready, CredentialResolved, ..."
+    )
     status: Literal["True", "False", "Unknown"]
-    reason: str = Field(
+    reason: str = StatusField(
         min_length=1,
         max_length=1024,
         pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
         description="CamelCase reason for the last transition.",
     )
-    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
-    last_transition_time: datetime = Field(description="When the status last changed.")
-    observed_generation: int | None = Field(
+    message: str = StatusField(default="", max_length=32768, description="Human-readable detail.")
+    last_transition_time: datetime = StatusField(description="When the status last changed.")
+    observed_generation: int | None = StatusField(
         default=None, ge=0, description="The spec generation this condition was computed from."
     )
 
@@ -260,38 +264,42 @@ class Condition(_StatusModel):
 class CredentialStatus(_StatusModel):
     """The key currently in the Secret, by fingerprint only (never the key)."""
 
-    fingerprint: str = Field(min_length=1, description="sha256:<first 12 hex digits>.")
-    rotated_at: datetime | None = Field(
+    fingerprint: str = StatusField(min_length=1, description="sha256:<first 12 hex digits>.")
+    rotated_at: datetime | None = StatusField(
         default=None, description="When the operator last saw the key change."
     )
-    rotations: int = Field(default=0, ge=0, description="Key changes seen by the operator.")
+    rotations: int = StatusField(default=0, ge=0, description="Key changes seen by the operator.")
 
 
 class ConvergenceStatus(_StatusModel):
     """How many of the runtime's pods carry the current credential version."""
 
-    pods: int = Field(ge=0, description="Pods opted in to this runtime.")
-    current: int = Field(ge=0, description="Of those, pods whose sidecar serves the current key.")
+    pods: int = StatusField(ge=0, description="Pods opted in to this runtime.")
+    current: int = StatusField(
+        ge=0, description="Of those, pods whose sidecar serves the current key."
+    )
 
 
 class OpenAiRuntimeStatus(_StatusModel):
     """Observed state, written by the operator."""
 
-    observed_generation: int | None = Field(
+    observed_generation: int | None = StatusField(
         default=None, ge=0, description="The spec generation last reconciled."
     )
-    variant: Literal["direct", "azure"] | None = Field(
+    variant: Literal["direct", "azure"] | None = StatusField(
         default=None, description="The variant in use (for kubectl get)."
     )
-    model: str | None = Field(
+    model: str | None = StatusField(
         default=None,
         description="The Azure deployment, or the default model of a direct runtime.",
     )
-    conditions: list[Condition] = Field(default_factory=list, description="Ready and the rest.")
-    credential: CredentialStatus | None = Field(
+    conditions: list[Condition] = StatusField(
+        default_factory=list, description="Ready and the rest."
+    )
+    credential: CredentialStatus | None = StatusField(
         default=None, description="The key in use, by fingerprint."
     )
-    convergence: ConvergenceStatus | None = Field(
+    convergence: ConvergenceStatus | None = StatusField(
         default=None, description="Rotation progress across the runtime's pods."
     )
 

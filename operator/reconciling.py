@@ -2,7 +2,7 @@
 
 kopf calls :func:`reconcile` when a runtime is created, updated or found on
 start-up (resume), and from the resync loop (:mod:`.resync`). It validates the spec with
-the pydantic model, renders the sidecar config into the ConfigMap
+its model, renders the sidecar config into the ConfigMap
 ``<runtime>-openai-runtime`` (owned by the runtime, created or patched only
 when it differs), likewise the NetworkPolicy fencing off the sidecars' admin
 port (:mod:`.networking`, unless switched off), and looks up the referenced
@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from openai_runtime_sidecar.contract import CONFIG_KEY
+from openai_runtime_sidecar.runner.modeling import ValidationError
 
 from .context import OperatorContext
 from .kubeapi import KubeApiError, resource_path
@@ -155,8 +155,7 @@ async def fetch_secret(ctx: OperatorContext, namespace: str, name: str) -> dict[
 def describe_spec_error(exc: ValidationError) -> str:
     """One line naming each invalid field by its path under ``spec`` (never its value)."""
     problems = [
-        f"spec.{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False)
+        f"spec.{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
     ]
     return "invalid spec: " + "; ".join(problems)
 

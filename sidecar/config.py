@@ -18,14 +18,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
-
-from pydantic import Field, ValidationError, field_validator, model_validator
+from typing import Annotated, Any
 
 from .configfile import ConfigError, describe_validation_error, load_document
 from .contract import ADMIN_LISTEN, API_LISTEN, DEFAULT_KEY_FILE
-from .runner.config import ConfigModel, OpenAiConfig, SecretRef
+from .runner.config import OpenAiConfig, SecretRef
 from .runner.durations import Duration
+from .runner.modeling import After, ConfigModel, Field, ValidationError
 
 __all__ = [
     "DEFAULT_ADMIN_LISTEN",
@@ -75,11 +74,9 @@ class ModelSettings(ConfigModel):
     )
     default: str | None = Field(default=None, description="Used when a request names no model.")
 
-    @model_validator(mode="after")
-    def _default_is_allowed(self) -> Self:
+    def __validate__(self) -> None:
         if self.default is not None and self.allow and self.default not in self.allow:
             raise ValueError(f"default model {self.default!r} is not in 'allow'")
-        return self
 
     def resolve(self, requested: Any) -> str | None:
         """The model to use, or ``None`` when the request may not be served."""
@@ -91,22 +88,25 @@ class ModelSettings(ConfigModel):
         return model
 
 
+def _host_port(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+Listen = Annotated[str, After(_host_port)]
+"""``host:port``, checked when the config is read rather than when the port is bound."""
+
+
 class ListenSettings(ConfigModel):
     """Where the two listeners bind."""
 
-    api: str = Field(
+    api: Listen = Field(
         default=DEFAULT_API_LISTEN,
         description="OpenAI-compatible API; loopback so nothing outside the pod spends the key.",
     )
-    admin: str = Field(
+    admin: Listen = Field(
         default=DEFAULT_ADMIN_LISTEN, description="/healthz, /readyz, /metrics, /status."
     )
-
-    @field_validator("api", "admin")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        parse_listen(value)
-        return value
 
 
 class LimitSettings(ConfigModel):

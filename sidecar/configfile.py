@@ -1,8 +1,8 @@
 """Reading config documents: JSON or YAML, with errors that name the place.
 
 Both the sidecar config and the runner config are plain documents validated
-by pydantic; this module only turns a file into a mapping and a pydantic
-error into one readable message per field.
+by their models (:mod:`.runner.modeling`); this module only turns a file into
+a mapping and a validation error into one readable message per field.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from .runner.modeling import ValidationError
 
 __all__ = ["ConfigError", "describe_validation_error", "load_document"]
 
@@ -57,7 +57,7 @@ def _load_yaml(file: Path, text: str) -> Any:
 def describe_validation_error(exc: ValidationError, source: str = "config") -> str:
     """One line per problem, each naming the field by its dotted path."""
     lines = [f"{source} is invalid:"]
-    for error in exc.errors(include_url=False, include_input=False):
+    for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         lines.append(f"  {where}: {error['msg']}")
     return "\n".join(lines)

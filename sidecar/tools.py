@@ -13,10 +13,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
 from .configfile import ConfigError, describe_validation_error, load_document
 from .runner import CredentialStore, OpenAiConfig, OpenAiRunner, PricingTable, RunnerError
+from .runner.modeling import ValidationError
 
 __all__ = ["chat_main", "pricing_main"]
 

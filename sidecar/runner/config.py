@@ -10,13 +10,11 @@ Everything except the variant and the key reference has a default.
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
-
 from .durations import Duration
+from .modeling import Before, ConfigModel, Field, Rule
 from .pricing import ModelPrice
 
 __all__ = [
@@ -33,22 +31,6 @@ __all__ = [
 ]
 
 
-class ConfigModel(BaseModel):
-    """The base of every config model, here and in the sidecar's and the operator's.
-
-    camelCase on the wire, snake_case in Python; unknown fields are errors (a
-    typo in a ConfigMap or a spec must not be ignored); frozen, so a loaded
-    config is shared without copies.
-    """
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-    )
-
-
 class SecretRef(ConfigModel):
     """Where the API key lives: exactly one of an environment variable or a file.
 
@@ -61,11 +43,9 @@ class SecretRef(ConfigModel):
         default=None, min_length=1, description="Path of a file holding the key."
     )
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
+    def __validate__(self) -> None:
         if (self.env is None) == (self.file is None):
             raise ValueError("set exactly one of 'env' or 'file'")
-        return self
 
     def describe(self) -> str:
         """Where the key comes from, for logs and status (never the key)."""
@@ -104,7 +84,7 @@ def _date_as_text(value: Any) -> Any:
     return value.isoformat() if type(value) is datetime.date else value
 
 
-ApiVersion = Annotated[str, BeforeValidator(_date_as_text)]
+ApiVersion = Annotated[str, Before(_date_as_text)]
 
 
 class AzureVariant(ConfigModel):
@@ -124,7 +104,7 @@ class AzureVariant(ConfigModel):
         pattern=r"^https?://[^\s/]+",
         description="Base URL instead of the resource's (private endpoints, APIM, tests).",
     )
-    deployments: list[Annotated[str, Field(min_length=1)]] = Field(
+    deployments: list[Annotated[str, Rule(min_length=1)]] = Field(
         default_factory=list,
         description=(
             "Other deployments of the resource that apps may name in Azure-style URLs "
@@ -136,11 +116,9 @@ class AzureVariant(ConfigModel):
         """Whether an app may send calls to ``deployment`` (the configured one or listed)."""
         return deployment == self.deployment or deployment in self.deployments
 
-    @model_validator(mode="after")
-    def _resource_or_endpoint(self) -> Self:
+    def __validate__(self) -> None:
         if self.resource is None and self.endpoint is None:
             raise ValueError("set 'resource' or 'endpoint'")
-        return self
 
     def base_url(self) -> str:
         if self.endpoint is not None:
@@ -169,11 +147,9 @@ class Variant(ConfigModel):
     direct: DirectVariant | None = None
     azure: AzureVariant | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
+    def __validate__(self) -> None:
         if (self.direct is None) == (self.azure is None):
             raise ValueError("set exactly one of 'direct' or 'azure'")
-        return self
 
     @property
     def selected(self) -> DirectVariant | AzureVariant:
@@ -182,7 +158,7 @@ class Variant(ConfigModel):
         return chosen
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Annotated[int, Rule(ge=1)]
 
 
 class RateLimitSettings(ConfigModel):

@@ -2,7 +2,7 @@
 
 Configs, CRDs and provider headers (``x-ratelimit-reset-tokens: 6m0s``) spell
 durations the Go way: ``250ms``, ``5s``, ``1m30s``, ``1h``. Plain numbers are
-seconds. :data:`Duration` is the pydantic type that accepts both and stores
+seconds. :data:`Duration` is the config type that accepts both and stores
 float seconds; :func:`format_duration` writes the canonical spelling back.
 """
 
@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from .modeling import Before, JsonSchema, Serializer
 
 __all__ = ["Duration", "format_duration", "parse_duration"]
 
@@ -107,9 +107,9 @@ def _validate(value: Any) -> float:
 
 Duration = Annotated[
     float,
-    BeforeValidator(_validate),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
-    WithJsonSchema(
+    Before(_validate),
+    Serializer(format_duration),
+    JsonSchema(
         {
             "anyOf": [
                 {"type": "string", "pattern": _PATTERN},

@@ -27,14 +27,14 @@ from datetime import date
 from types import MappingProxyType
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from .modeling import ConfigModel, Field
 
 __all__ = ["Cost", "ListPrice", "LongContext", "ModelPrice", "PriceEntry", "PricingTable"]
 
 _PER_TOKEN = 1e-6  # list prices are quoted per million tokens
 
 
-class ModelPrice(BaseModel):
+class ModelPrice(ConfigModel):
     """List price of one model in USD per million tokens.
 
     Written camelCase in Kubernetes and JSON configs (``inputPerMTokUsd``),
@@ -42,14 +42,12 @@ class ModelPrice(BaseModel):
     override fails loudly instead of silently pricing at the list rate.
     """
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
-
-    input_per_mtok_usd: float = Field(alias="inputPerMTokUsd", ge=0, allow_inf_nan=False)
+    input_per_mtok_usd: float = Field(wire="inputPerMTokUsd", ge=0, finite=True)
     cached_input_per_mtok_usd: float | None = Field(
-        default=None, alias="cachedInputPerMTokUsd", ge=0, allow_inf_nan=False
+        default=None, wire="cachedInputPerMTokUsd", ge=0, finite=True
     )
     """``None`` when the model has no prompt-cache discount: cached tokens cost the input rate."""
-    output_per_mtok_usd: float = Field(alias="outputPerMTokUsd", ge=0, allow_inf_nan=False)
+    output_per_mtok_usd: float = Field(wire="outputPerMTokUsd", ge=0, finite=True)
 
     @property
     def effective_cached_input_per_mtok_usd(self) -> float:

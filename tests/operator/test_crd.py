@@ -1,8 +1,8 @@
 """The OpenAiRuntime CRD: generated from the models, structural, in sync, and agreeing with them.
 
-Each example CR must pass the CRD's schema, its CEL rules and the pydantic
-spec model, and render into a sidecar config the sidecar loads. Each invalid
-CR under ``invalid/`` must be rejected by the pydantic model and by the
+Each example CR must pass the CRD's schema, its CEL rules and the spec
+model, and render into a sidecar config the sidecar loads. Each invalid
+CR under ``invalid/`` must be rejected by the spec model and by the
 cluster-side check named for it in :data:`INVALID`.
 """
 
@@ -22,7 +22,6 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from openai_runtime_operator.crd import PRINTER_COLUMNS, REGENERATE, build_crd, render_yaml
 from openai_runtime_operator.models import (
@@ -37,6 +36,7 @@ from openai_runtime_sidecar import cli
 from openai_runtime_sidecar.config import DEFAULT_KEY_FILE, SidecarConfig, load_sidecar_config
 from openai_runtime_sidecar.contract import KEY_DIR
 from openai_runtime_sidecar.runner.config import TimeoutSettings
+from openai_runtime_sidecar.runner.modeling import ValidationError
 
 from .k8sschema import CEL, cel_errors, json_schema, rules, schema_errors, structural_problems
 
@@ -45,18 +45,18 @@ COPIES = [ROOT / "deploy/base/crd.yaml", ROOT / "charts/openai-runtime/crds/open
 EXAMPLES = ["runtime-direct.yaml", "runtime-azure.yaml"]
 INVALID_DIR = Path(__file__).parent / "invalid"
 
-# Which checks reject each invalid CR. "pydantic" is the spec model (every
+# Which checks reject each invalid CR. "model" is the spec model (every
 # file must have it); "schema" is the CRD's OpenAPI schema; "cel" its CEL
 # rules; "strict-fields" is kubectl's default strict field validation (the
 # schema alone would make the API server drop the unknown field, not refuse it).
 INVALID: dict[str, set[str]] = {
-    "both-variants.yaml": {"pydantic", "cel"},
-    "no-variant.yaml": {"pydantic", "cel"},
-    "azure-without-resource.yaml": {"pydantic", "cel"},
-    "default-not-allowed.yaml": {"pydantic", "cel"},
-    "zero-attempts.yaml": {"pydantic", "schema"},
-    "bad-duration.yaml": {"pydantic", "schema"},
-    "unknown-field.yaml": {"pydantic", "strict-fields"},
+    "both-variants.yaml": {"model", "cel"},
+    "no-variant.yaml": {"model", "cel"},
+    "azure-without-resource.yaml": {"model", "cel"},
+    "default-not-allowed.yaml": {"model", "cel"},
+    "zero-attempts.yaml": {"model", "schema"},
+    "bad-duration.yaml": {"model", "schema"},
+    "unknown-field.yaml": {"model", "strict-fields"},
 }
 
 
@@ -77,7 +77,7 @@ def rejections(document: dict[str, Any]) -> set[str]:
     try:
         OpenAiRuntimeSpec.model_validate(document["spec"])
     except ValidationError:
-        found.add("pydantic")
+        found.add("model")
     if schema_errors(schema, document, strict_fields=False):
         found.add("schema")
     elif schema_errors(schema, document, strict_fields=True):
@@ -273,8 +273,8 @@ def test_render_sidecar_config(name: str, tmp_path: Path) -> None:
     assert (config.rate_limits, config.retry) == (spec.rate_limits, spec.retry)
     assert (config.circuit_breaker, config.timeouts) == (spec.circuit_breaker, spec.timeouts)
     # Round trips: JSON, and YAML through the sidecar's own loader.
-    text = config.model_dump_json(by_alias=True)
-    assert SidecarConfig.model_validate_json(text) == config
+    text = json.dumps(config.model_dump(by_alias=True, mode="json"))
+    assert SidecarConfig.model_validate(json.loads(text)) == config
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
     assert load_sidecar_config(path, environ={}) == config
@@ -314,7 +314,7 @@ def test_every_invalid_example_is_declared() -> None:
 @pytest.mark.parametrize("name", sorted(INVALID))
 def test_invalid_examples_are_rejected(name: str) -> None:
     expected = INVALID[name]
-    assert "pydantic" in expected and len(expected) >= 2
+    assert "model" in expected and len(expected) >= 2
     assert rejections(load(INVALID_DIR / name)) == expected
 
 

@@ -6,8 +6,8 @@ from datetime import date
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
+from openai_runtime_sidecar.runner.modeling import ValidationError
 from openai_runtime_sidecar.runner.pricing import (
     Cost,
     ListPrice,
@@ -517,7 +517,7 @@ def test_model_price_rejects_bad_configs(payload: dict[str, float]) -> None:
 
 def test_model_price_and_cost_are_immutable(table: PricingTable) -> None:
     frozen = price(1.0, None, 1.0)
-    with pytest.raises(ValidationError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         frozen.input_per_mtok_usd = 2.0  # type: ignore[misc]
     cost = table.cost(model="gpt-4o", prompt_tokens=1, completion_tokens=1)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from openai_runtime_sidecar.config import (
     ModelSettings,
@@ -14,6 +13,7 @@ from openai_runtime_sidecar.config import (
     parse_listen,
 )
 from openai_runtime_sidecar.configfile import ConfigError
+from openai_runtime_sidecar.runner.modeling import ValidationError
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
