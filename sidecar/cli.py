@@ -39,24 +39,18 @@ def _sidecar(argv: Sequence[str]) -> int:
     return sidecar_main(argv)
 
 
-def _crd(argv: Sequence[str]) -> int:
-    # The operator's package, but kopf-free: the CRD is generated from the models.
-    from openai_runtime_operator.crd import main as crd_main
-
-    return crd_main(argv)
-
-
 # The `openai-runtime[operator]` extra: what the operator imports beyond the
-# sidecar's install (the sidecar image leaves them out).
-OPERATOR_EXTRA = ("kopf", "kubernetes", "cryptography")
+# sidecar's install (the sidecar image leaves them out). pydantic models the
+# runtime's status; the sidecar's config models are its own (runner/modeling.py).
+OPERATOR_EXTRA = ("kopf", "kubernetes", "cryptography", "pydantic")
 OPERATOR_INSTALL = "pip install 'openai-runtime[operator]'"
 
 
-def _missing_operator_extra() -> list[str]:
+def _missing(names: Sequence[str]) -> list[str]:
     # Checked up front: cryptography is imported only once the webhook starts,
     # which would otherwise fail late with a traceback.
     missing = []
-    for name in OPERATOR_EXTRA:
+    for name in names:
         try:
             found = importlib.util.find_spec(name) is not None
         except (ImportError, ValueError):
@@ -66,25 +60,49 @@ def _missing_operator_extra() -> list[str]:
     return missing
 
 
-def _operator(argv: Sequence[str]) -> int:
+def _with_extra(
+    command: str, needs: Sequence[str], load: Callable[[], Callable[[Sequence[str]], int]]
+) -> Callable[[Sequence[str]], int]:
+    """A subcommand of the operator's package: says how to install what it lacks."""
+
+    def run(argv: Sequence[str]) -> int:
+        missing = _missing(needs)
+        if not missing:
+            try:
+                entry = load()
+            except ModuleNotFoundError as exc:
+                root = (exc.name or "").partition(".")[0]
+                if root not in OPERATOR_EXTRA:
+                    raise
+                missing = [root]
+            else:
+                return entry(argv)
+        print(
+            f"openai-runtime {command}: {', '.join(missing)} not installed;"
+            f" the operator is an optional extra: {OPERATOR_INSTALL}",
+            file=sys.stderr,
+        )
+        return 2
+
+    return run
+
+
+def _load_operator() -> Callable[[Sequence[str]], int]:
     # kopf and the operator load only here: the sidecar never pays for them.
-    missing = _missing_operator_extra()
-    if not missing:
-        try:
-            from openai_runtime_operator.main import main as operator_main
-        except ModuleNotFoundError as exc:
-            root = (exc.name or "").partition(".")[0]
-            if root not in OPERATOR_EXTRA:
-                raise
-            missing = [root]
-        else:
-            return operator_main(argv)
-    print(
-        f"openai-runtime operator: {', '.join(missing)} not installed;"
-        f" the operator is an optional extra: {OPERATOR_INSTALL}",
-        file=sys.stderr,
-    )
-    return 2
+    from openai_runtime_operator.main import main as operator_main
+
+    return operator_main
+
+
+def _load_crd() -> Callable[[Sequence[str]], int]:
+    # kopf-free: the CRD is generated from the models (the status's are pydantic).
+    from openai_runtime_operator.crd import main as crd_main
+
+    return crd_main
+
+
+_operator = _with_extra("operator", OPERATOR_EXTRA, _load_operator)
+_crd = _with_extra("crd", ("pydantic",), _load_crd)
 
 
 def _demo(argv: Sequence[str]) -> int:

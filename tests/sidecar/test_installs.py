@@ -22,7 +22,7 @@ import pytest
 from openai_runtime_sidecar import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-OPERATOR_ONLY = {"kopf", "kubernetes", "cryptography", "pykube"}
+OPERATOR_ONLY = {"kopf", "kubernetes", "cryptography", "pykube", "pydantic", "pydantic_core"}
 """Top-level modules the sidecar must never load (pykube: kopf's other client)."""
 FAKES = "openai_runtime_sidecar.fakes"
 """The test doubles and the demo: the sidecar's serving path must never load them."""
@@ -80,8 +80,9 @@ class Refuse:
 sys.meta_path.insert(0, Refuse())
 from openai_runtime_sidecar.cli import main
 
-sys.exit(main(["operator", "--standalone", "-A"]))
+sys.exit(main({argv!r}))
 """
+OPERATOR_ARGV = ["operator", "--standalone", "-A"]
 
 
 @pytest.mark.parametrize(
@@ -92,12 +93,13 @@ sys.exit(main(["operator", "--standalone", "-A"]))
         ("cryptography", "cryptography"),
         # The top-level package is there, its import still fails.
         ("kopf._core", "kopf"),
+        ("pydantic", "pydantic"),
     ],
 )
 def test_the_operator_without_its_extra_says_how_to_install_it(
     tmp_path: Path, blocked: str, named: str
 ) -> None:
-    done = _python(_WITHOUT.format(blocked=blocked), tmp_path)
+    done = _python(_WITHOUT.format(blocked=blocked, argv=OPERATOR_ARGV), tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     lines = done.stderr.splitlines()
@@ -108,6 +110,16 @@ def test_the_operator_without_its_extra_says_how_to_install_it(
     assert named in line
     assert "pip install 'openai-runtime[operator]'" in line
     assert cli.OPERATOR_INSTALL in line
+
+
+def test_the_crd_command_without_the_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    done = _python(_WITHOUT.format(blocked="pydantic", argv=["crd"]), tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"openai-runtime crd: pydantic not installed; the operator is an optional extra: "
+        f"{cli.OPERATOR_INSTALL}"
+    ]
 
 
 def test_the_extra_names_what_the_operator_imports() -> None:
@@ -147,3 +159,5 @@ def test_an_idle_sidecar_loads_neither_the_trace_sdk_nor_a_yaml_parser(tmp_path:
     modules = set(json.loads(done.stdout))
     assert "openai_runtime_sidecar.telemetry" in modules
     assert not {m for m in modules if m == "yaml" or m.startswith("opentelemetry.sdk.trace")}
+    # A loaded and validated config, and still no pydantic: it is the operator's.
+    assert not {m.partition(".")[0] for m in modules} & {"pydantic", "pydantic_core"}
