@@ -102,6 +102,7 @@ def mode_of(item: dict[str, Any]) -> str:
 TARGETS = {
     "direct": "Direct (no proxy, the floor)",
     "bare": "Bare aiohttp pass-through",
+    "minimal": "Parse, price, pass through",
     "sidecar": "openai-runtime sidecar",
     "litellm": "LiteLLM proxy",
 }

@@ -186,6 +186,39 @@ def targets_check(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def feature_cost(results: dict[str, Any]) -> list[str]:
+    """Markdown rows: bare, minimal and sidecar at c=32 in CPU per request, and the shares."""
+    rows = []
+    for mode in modes_of(results):
+        bare, minimal, side = (
+            cell(results, t, mode.key, 32) for t in ("bare", "minimal", "sidecar")
+        )
+        if not (bare and minimal and side):
+            continue
+        cpu = [item["cpu_s_per_1k"] for item in (bare, minimal, side)]
+        if not all(cpu):
+            continue
+        rows.append(
+            f"| {mode.label} | {cpu[0]:.3f} | {cpu[1]:.3f} | {cpu[2]:.3f} "
+            f"| {minimal['rps'] / bare['rps']:.0%} | {side['rps'] / bare['rps']:.0%} "
+            f"| {cpu[2] - cpu[1]:.3f} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "## What the features cost (c=32)",
+        "",
+        "CPU ms per request (CPU s per 1k); throughput as a share of the bare pass-through;",
+        "the last column is the sidecar's CPU beyond the minimal proxy: its limiter, breaker,",
+        "retries and deadlines, spans, metrics, ledger, token estimate and log line.",
+        "",
+        "| mode | bare | minimal | sidecar | minimal / bare | sidecar / bare | features |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0%}"
 
@@ -270,6 +303,11 @@ def markdown(results: dict[str, Any]) -> str:
         "shared machine (milliseconds for a request that takes 20 µs), so added p99 there",
         "can come out negative: read the p50s and the latency plot for that row.",
         "",
+        "Parse, price, pass through (`bench/minimalproxy.py`, the minimal proxy): the bare",
+        "pass-through plus what no cost-reporting proxy can skip, parsing the request and",
+        "reading and pricing the answer; no limits, breaker, retries, deadlines, spans,",
+        "metrics or log.",
+        "",
         "Sidecar: its defaults (metrics, tracing without an exporter, breaker, retries,",
         "cost, one JSON log line per request at info, written to a file) except the",
         "limiter's budgets, raised so it admits the whole load.",
@@ -350,6 +388,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"requests at c=32 ({drift['drift_mb']:+.1f} MB).",
         ]
     lines += before_after_markdown(results)
+    lines += feature_cost(results)
     lines += ["", "## Targets", "", "| target | measured | goal | verdict |", "|---|---:|---:|---|"]
     for row in targets_check(results):
         lines.append("| " + " | ".join(row) + " |")

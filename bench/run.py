@@ -1,7 +1,10 @@
-"""Side-by-side proxy benchmark: direct, bare pass-through, the sidecar, LiteLLM.
+"""Side-by-side proxy benchmark: direct, bare pass-through, minimal, the sidecar, LiteLLM.
 
 Everything runs on loopback against one instant upstream (``upstream.py``), so
-what is measured is the proxy. For each target and each mode (chat
+what is measured is the proxy. The minimal proxy (``minimalproxy.py``) is the bare
+pass-through plus what no cost-reporting proxy can skip (parse the request,
+read and price the answer): the sidecar's distance from it is what its
+features cost. For each target and each mode (chat
 non-streamed and streamed with 50 SSE chunks, embeddings, the Responses API
 non-streamed and streamed; ``common.MODES``) that the target serves, wrk
 drives a fixed duration at concurrency 1, 32 and 128; a separate Python
@@ -54,6 +57,7 @@ from targets import (
     rss_mb,
     start_bare,
     start_litellm,
+    start_minimal,
     start_sidecar,
     start_sidecar_ref,
     start_upstream,
@@ -206,7 +210,9 @@ def main() -> int:
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM")
     parser.add_argument("--drift-requests", type=int, default=100_000, help="0 skips the drift run")
     parser.add_argument("--startup-runs", type=int, default=5)
-    parser.add_argument("--only", help="comma-separated targets (direct,bare,sidecar,litellm)")
+    parser.add_argument(
+        "--only", help="comma-separated targets (direct,bare,minimal,sidecar,litellm)"
+    )
     parser.add_argument(
         "--modes",
         default=",".join(MODES),
@@ -263,6 +269,7 @@ def main() -> int:
             procs["direct"], urls["direct"] = None, upstream.url
         starters: dict[str, Callable[[], Proc]] = {
             "bare": lambda: start_bare(work, upstream.url),
+            "minimal": lambda: start_minimal(work, upstream.url),
             "sidecar": lambda: start_sidecar(work, upstream.url),
             "litellm": lambda: start_litellm(work, upstream.url),
         }
@@ -300,7 +307,7 @@ def main() -> int:
                     data["ready_s"] = proc.ready_after
                     data["idle_rss_mb"] = idle.get(name)
                 results["targets"][name] = data
-            for name in ("bare", "litellm"):
+            for name in ("bare", "minimal", "litellm"):
                 proc = procs.get(name)
                 if proc is not None:
                     proc.stop()

@@ -208,6 +208,15 @@ def start_bare(work: Path, upstream: str) -> Proc:
     return spawn("bare", argv, url, url + "/", log, env=clean_env(), any_answer=True)
 
 
+def start_minimal(work: Path, upstream: str) -> Proc:
+    """The bare pass-through plus what a cost-reporting proxy cannot skip (minimalproxy.py)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [PY, str(BENCH / "minimalproxy.py"), str(port), upstream]
+    log = work / "minimal.log"
+    return spawn("minimal", argv, url, url + "/", log, env=clean_env(), any_answer=True)
+
+
 def sidecar_config(work: Path, upstream: str) -> tuple[Path, str, str]:
     key = work / "api-key"
     key.write_text("sk-bench-upstream\n")
