@@ -21,9 +21,10 @@ can send):
   text takes a few hundred milliseconds to build, which on the loop would
   hold up every API call for as long.
 - ``/status``: from loopback (``kubectl exec``, a debug container) the full
-  JSON for humans; over the network only what the operator's convergence
-  check reads, ``credential.fingerprint``: no upstream URL, deployment, key
-  file path, spend or reload errors.
+  JSON for humans; over the network only what the operator reads: the
+  ``credential.fingerprint`` its convergence check compares, and ``spend``
+  (this process's instance id, USD in all and per model) that its budget
+  sums. No upstream URL, deployment, key file path, tokens or reload errors.
 """
 
 from __future__ import annotations
@@ -94,19 +95,46 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
         "models": {"allow": config.models.allow, "default": config.models.default},
         "circuit": sidecar.runner.circuits.snapshot(),
         "rateLimits": dict(sidecar.runner.limiter.snapshot()),
-        "spend": {model: totals.as_dict() for model, totals in sorted(sidecar.spend.items())},
+        "spend": {
+            **spend_document(sidecar),
+            "models": {model: t.as_dict() for model, t in sorted(sidecar.spend.items())},
+        },
+        "budget": budget_document(sidecar),
+    }
+
+
+def budget_document(sidecar: Sidecar) -> dict[str, Any]:
+    """The budget as the operator last judged it, and what this pod spent since."""
+    gate = sidecar.runner.budget
+    return {
+        **gate.settings.model_dump(by_alias=True, mode="json", exclude_none=True),
+        "spentSinceUsd": round(gate.spent_usd, 10),
+    }
+
+
+def spend_document(sidecar: Sidecar) -> dict[str, Any]:
+    """USD since this process started, in all and per model, and which process it is."""
+    by_model = {model: round(t.usd, 10) for model, t in sorted(sidecar.spend.items())}
+    return {
+        "instance": sidecar.instance,
+        "usd": round(sum(t.usd for t in sidecar.spend.values()), 10),
+        "byModel": by_model,
     }
 
 
 def network_status_document(sidecar: Sidecar) -> dict[str, Any]:
-    """What ``/status`` shows off loopback: what the operator's convergence reads, only.
+    """What ``/status`` shows off loopback: what the operator reads, only.
 
-    The operator (``openai_runtime_operator.convergence``) asks each pod over
-    the pod network for ``credential.fingerprint`` and reads nothing else; a
-    field added here is shown to every pod in the cluster.
+    The operator asks each pod over the pod network for ``credential.fingerprint``
+    (``openai_runtime_operator.convergence``) and ``spend``
+    (``openai_runtime_operator.budgeting``) and reads nothing else; a field
+    added here is shown to every pod in the cluster.
     """
     snapshot = sidecar.credentials.current
-    return {"credential": {"fingerprint": snapshot.fingerprint if snapshot else None}}
+    return {
+        "credential": {"fingerprint": snapshot.fingerprint if snapshot else None},
+        "spend": spend_document(sidecar),
+    }
 
 
 _REASON_CODES = (

@@ -16,6 +16,7 @@ import gc
 import logging
 import signal
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,9 @@ class Sidecar:
         )
         self.spend: dict[str, SpendTotals] = {}
         """Per model the runtime knows (allow-list, price table), the rest as ``other``."""
+        self.instance = uuid.uuid4().hex
+        """This process among the pod's restarts: the operator counts spend per instance,
+        so totals that start again at zero after a restart are neither lost nor counted twice."""
         self._label_models()
         self.started_at = self.clock.monotonic()
         self.shutting_down = False

@@ -1,7 +1,7 @@
 """The OpenAI / Azure OpenAI runner: a library, no server code.
 
 Layers, innermost first: pure policies with an injected clock (``sse``,
-``retrying``, ``breaker``, ``ratelimit``, ``pricing``, ``tokens``), the error
+``retrying``, ``breaker``, ``ratelimit``, ``budgets``, ``pricing``, ``tokens``), the error
 tree (``errors``), the one I/O seam (``transport``), and the orchestration of
 a call (``runner``, ``streaming``). The sidecar server holds one
 :class:`OpenAiRunner` per configured runtime.
@@ -16,6 +16,7 @@ fingerprints) are imported from their own modules.
 from .clock import Clock, ManualClock, SystemClock
 from .config import (
     AzureVariant,
+    BudgetSettings,
     CircuitBreakerSettings,
     DirectVariant,
     OpenAiConfig,
@@ -28,6 +29,7 @@ from .config import (
 from .credentials import CredentialStore
 from .errors import (
     AuthenticationFailed,
+    BudgetExceeded,
     CircuitOpen,
     ContentFiltered,
     ContextLengthExceeded,
@@ -51,6 +53,8 @@ __all__ = [
     "AttemptObserver",
     "AuthenticationFailed",
     "AzureVariant",
+    "BudgetExceeded",
+    "BudgetSettings",
     "CallOutcome",
     "ChatResult",
     "ChatStream",

@@ -10,15 +10,16 @@ Everything except the variant and the key reference has a default.
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from .durations import Duration
-from .modeling import Before, ConfigModel, Field, Rule
+from .modeling import After, Before, ConfigModel, Field, Rule
 from .pricing import ModelPrice
 
 __all__ = [
     "AzureVariant",
+    "BudgetSettings",
     "CircuitBreakerSettings",
     "ConfigModel",
     "DirectVariant",
@@ -220,6 +221,55 @@ class TimeoutSettings(ConfigModel):
     )
 
 
+def _instant(value: str) -> str:
+    when = datetime.datetime.fromisoformat(value)
+    if when.tzinfo is None:
+        raise ValueError("an instant needs its offset (2026-12-01T00:00:00Z)")
+    return value
+
+
+Instant = Annotated[str, After(_instant)]
+"""An RFC 3339 date and time with its offset, kept as written."""
+
+
+class BudgetSettings(ConfigModel):
+    """The runtime's spend budget as the operator last judged it (``spec.budget``).
+
+    Written by the operator into the ConfigMap, never by hand: the operator
+    sums the spend of every pod and, at the limit, sets ``blockedUntil``.
+    Spending calls (every POST) are then refused with 429 ``budget_exceeded``
+    until that instant, which is the next period's start.
+    """
+
+    limit_usd: float | None = Field(
+        default=None, gt=0, finite=True, description="The limit in USD per period (for messages)."
+    )
+    period: Literal["day", "month"] = Field(default="month", description="day or month.")
+    blocked_until: Instant | None = Field(
+        default=None,
+        description="Refuse spending calls until this instant (RFC 3339): the next period.",
+    )
+    local_limit_usd: float | None = Field(
+        default=None,
+        ge=0,
+        finite=True,
+        description=(
+            "Tight mode: this pod also stops once it has spent this much since the value "
+            "was written (its share of what is left)."
+        ),
+    )
+    recheck: Duration = Field(
+        default=15.0,
+        description="Seconds between the operator's looks at the spend (a share's retry-after).",
+    )
+
+    def blocked_until_epoch(self) -> float | None:
+        """``blocked_until`` in seconds since the epoch."""
+        if self.blocked_until is None:
+            return None
+        return datetime.datetime.fromisoformat(self.blocked_until).timestamp()
+
+
 class OpenAiConfig(ConfigModel):
     """Everything the runner needs to talk to one OpenAI or Azure OpenAI upstream."""
 
@@ -232,6 +282,7 @@ class OpenAiConfig(ConfigModel):
     pricing: dict[str, ModelPrice] = Field(
         default_factory=dict, description="Per-model price overrides, USD per 1M tokens."
     )
+    budget: BudgetSettings = BudgetSettings()
 
     @classmethod
     def defaults_for_openai(cls, api_key: SecretRef, **overrides: Any) -> OpenAiConfig:

@@ -15,6 +15,7 @@
     ├── TransportError              refused, reset, truncated or garbled responses [retryable]
     ├── CircuitOpen                 the breaker is open; retry_after says for how long
     ├── LocalRateLimited            our own limiter gave up waiting; retry_after too
+    ├── BudgetExceeded              the runtime's spend budget is used up; retry_after too
     └── CredentialUnavailable       no API key could be loaded (missing, empty, unreadable)
 
     * a 401 makes the runner re-read the credential once; see ``runner.py``.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationFailed",
+    "BudgetExceeded",
     "CircuitOpen",
     "ContentFiltered",
     "ContextLengthExceeded",
@@ -298,6 +300,27 @@ class LocalRateLimited(RunnerError):
         """Which budget ran out: requests, tokens or concurrency (local or upstream's)."""
         self.fits = fits
         """False when the call can never fit the budget: waiting cannot help it."""
+
+    @property
+    def retry_after(self) -> float | None:
+        return self._retry_after
+
+
+class BudgetExceeded(RunnerError):
+    """The runtime's spend budget is used up for this period (or this pod's share of it).
+
+    Refused before anything is sent. ``retry_after`` is the time to the next
+    period (or, for a pod's share, to the operator's next look at the spend):
+    the SDK is told not to retry sooner.
+    """
+
+    status = 429
+    code = "budget_exceeded"
+    error_type = "insufficient_quota"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self._retry_after = retry_after
 
     @property
     def retry_after(self) -> float | None:

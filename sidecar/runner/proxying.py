@@ -151,7 +151,7 @@ async def proxy(
     )
     url = _target(runner, request)
     prompt, output = _estimate(request)
-    permit = await runner._admit(ledger, prompt + output)
+    permit = await runner._admit(ledger, prompt + output, spends=request.method == "POST")
 
     async def send(
         snapshot: CredentialSnapshot, extra: dict[str, str], budget: float

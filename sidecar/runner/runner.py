@@ -34,6 +34,7 @@ from multidict import CIMultiDict
 
 from . import jsoncodec
 from .breaker import CircuitBreakers, CircuitPermits
+from .budgets import BudgetGate
 from .clock import Clock, SystemClock
 from .config import AzureVariant, OpenAiConfig
 from .credentials import CredentialSnapshot, CredentialStore
@@ -101,6 +102,7 @@ class OpenAiRunner:
         self._config = config
         self.circuits = CircuitBreakers(config.circuit_breaker, self.clock)
         self.limiter = RateLimiter(config.rate_limits, self.clock)
+        self.budget = BudgetGate(config.budget, self.clock)
         self._apply(config)
 
     def _apply(self, config: OpenAiConfig) -> None:
@@ -137,6 +139,9 @@ class OpenAiRunner:
             self.circuits = CircuitBreakers(config.circuit_breaker, self.clock)
         if config.rate_limits != self._config.rate_limits:
             self.limiter = RateLimiter(config.rate_limits, self.clock)
+        if config.budget != self._config.budget:
+            # A new judgement of the operator's: a share counts from its writing.
+            self.budget = BudgetGate(config.budget, self.clock)
         self._apply(config)
 
     def circuit_scope(self, model: str | None, deployment: str | None = None) -> str:
@@ -377,6 +382,7 @@ class OpenAiRunner:
                 fallback_model=ledger.request_model,
                 estimated=ledger.usage_estimated,
             )
+            self.budget.spent(ledger.cost.usd)
             permit.settle(usage.total_tokens)
         else:
             permit.release()
@@ -397,9 +403,15 @@ class OpenAiRunner:
         prompt, output = self.estimate_tokens(body)
         return ledger, data, prompt, await self._admit(ledger, prompt + output)
 
-    async def _admit(self, ledger: CallLedger, tokens: int) -> RatePermit:
-        """Wait for the limiter; a refusal ends the call (its error carries the outcome)."""
+    async def _admit(self, ledger: CallLedger, tokens: int, *, spends: bool = True) -> RatePermit:
+        """The budget, then the limiter; a refusal ends the call (its error carries the outcome).
+
+        ``spends``: the call may cost (every POST); reads and deletes pass a
+        used-up budget.
+        """
         try:
+            if spends:
+                self.budget.check()
             return await self.limiter.acquire(tokens)
         except RunnerError as err:
             err.attempts = 0

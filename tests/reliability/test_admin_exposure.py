@@ -7,8 +7,9 @@ pod in the cluster can too. A real sidecar is asked over a loopback socket
 request whose socket peer is a pod-network address: the tests send no
 traffic off loopback.
 
-- from the network ``/status`` is the served fingerprint and nothing else
-  (no upstream URL, Azure deployment, key file path, spend, errors), and the
+- from the network ``/status`` is the served fingerprint and the spend in USD
+  (what the operator's convergence check and budget read) and nothing else
+  (no upstream URL, Azure deployment, key file path, tokens, errors), and the
   operator's own probe, over a real socket, reads that document as current;
 - from the network ``/readyz`` is ``ready`` and reason codes, never the
   worded reasons (they name the key file);
@@ -125,21 +126,21 @@ def assert_tells_nothing_more(text: str, *secrets: str) -> None:
         assert secret not in text, f"{secret!r} shown to the pod network: {text[:500]}"
 
 
-async def test_status_over_the_network_is_the_fingerprint_only(
+async def test_status_over_the_network_is_the_fingerprint_and_spend_only(
     upstream: FakeUpstream, secret_dir: SecretVolume
 ) -> None:
     async with (
         sidecar_with_admin(upstream, secret_dir.path) as (sidecar, port),
         aiohttp.ClientSession() as http,
     ):
-        # One call, so there is spend to hide.
+        # One call, so there are tokens to hide and spend to show.
         async with http.post(
             sidecar.api_url + CHAT,
             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
         ) as call:
             assert call.status == 200, await call.text()
         upstream_url = sidecar.config.variant.selected.chat_completions_url().split("?")[0]
-        hidden = (upstream.url, upstream_url, DEPLOYMENT, str(secret_dir.path), "spend", "usd")
+        hidden = (upstream.url, upstream_url, DEPLOYMENT, str(secret_dir.path), "Tokens")
 
         code, text = await get(http, f"http://127.0.0.1:{port}/status")
         assert code == 200
@@ -153,7 +154,12 @@ async def test_status_over_the_network_is_the_fingerprint_only(
         for headers in (None, {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1"}):
             code, text = await network_get(sidecar, "/status", headers)
             assert code == 200
-            assert json.loads(text) == {"credential": {"fingerprint": OLD_FP}}, headers
+            document = json.loads(text)
+            spend = document.pop("spend")
+            assert document == {"credential": {"fingerprint": OLD_FP}}, headers
+            assert set(spend) == {"instance", "usd", "byModel"}
+            assert spend["instance"] == sidecar.instance and spend["usd"] > 0
+            assert sum(spend["byModel"].values()) == spend["usd"]
             assert_tells_nothing_more(text, *hidden)
 
         # The operator's own probe, over a real socket, counts that document as current.
@@ -187,7 +193,11 @@ async def test_readyz_over_the_network_gives_codes_not_the_key_path(
         assert (code, json.loads(text)) == (503, {"ready": False, "codes": ["no_credential"]})
         assert_tells_nothing_more(text, str(missing))
         code, text = await network_get(sidecar, "/status")
-        assert (code, json.loads(text)) == (200, {"credential": {"fingerprint": None}})
+        spend = {"instance": sidecar.instance, "usd": 0, "byModel": {}}
+        assert (code, json.loads(text)) == (
+            200,
+            {"credential": {"fingerprint": None}, "spend": spend},
+        )
 
         code, text = await get(http, f"http://127.0.0.1:{port}/readyz")
         local = json.loads(text)

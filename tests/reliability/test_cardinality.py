@@ -32,8 +32,9 @@ async def test_invented_model_names_fold_into_other(tmp_path: Path) -> None:
     assert not any(label.startswith("made-up-model") for label in labels)
     assert "other" in labels and "gpt-4o-mini" in " ".join(labels)
     assert len(labels) < 10, labels
-    assert set(status["spend"]) <= {"other", "gpt-4o-mini", "gpt-4o-mini-2024-07-18"}
-    assert status["spend"]["other"]["requests"] == INVENTED
+    models = status["spend"]["models"]
+    assert set(models) <= {"other", "gpt-4o-mini", "gpt-4o-mini-2024-07-18"}
+    assert models["other"]["requests"] == INVENTED
 
 
 async def test_dated_snapshots_and_spellings_are_bounded_too(tmp_path: Path) -> None:
@@ -49,7 +50,7 @@ async def test_dated_snapshots_and_spellings_are_bounded_too(tmp_path: Path) -> 
     # 32 exact names, their price entry, and what upstream echoed.
     assert len(labels) <= 40, sorted(labels)
     assert "gpt-4o" in labels
-    assert len(status["spend"]) <= 40
+    assert len(status["spend"]["models"]) <= 40
 
 
 async def test_the_api_answers_while_metrics_are_rendered(tmp_path: Path) -> None:

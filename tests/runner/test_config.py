@@ -382,6 +382,7 @@ def test_dump_is_camel_case_with_duration_strings() -> None:
         "circuitBreaker",
         "timeouts",
         "pricing",
+        "budget",
     }
     assert dumped["rateLimits"] == {
         "requestsPerMinute": 500,

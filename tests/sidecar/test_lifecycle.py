@@ -488,7 +488,8 @@ async def test_healthz_and_status_report_identity_state_and_exact_spend(
     assert status["rateLimits"]["in_flight"] == 0
     assert status["rateLimits"]["provider_remaining_requests"] == 9999
 
-    spend = status["spend"]
+    assert status["spend"]["usd"] == pytest.approx(sum(costs.values()), abs=1e-9)
+    spend = status["spend"]["models"]
     assert set(spend) == {"gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06"}
     for model, totals in spend.items():
         requests, prompt, completion = usage[model]
