@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -29,12 +30,20 @@ from .telemetry import OperatorTelemetry
 __all__ = ["OperatorContext"]
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
 @dataclass
 class OperatorContext:
     """What the handlers share: the API connection and per-runtime locks."""
 
     resync_interval: float = 300.0
     """Seconds between safety-net reconciliations of each runtime."""
+    budget_interval: float = 15.0
+    """Seconds between reads of the spend of runtimes with a budget (:mod:`.budgeting`)."""
+    now: Callable[[], datetime] = _utc_now
+    """The wall clock budget periods are judged by (tests move it)."""
     token_source: Callable[[], str | None] | None = None
     connection: kopf.ConnectionInfo | None = None
     convergence: ConvergenceSettings = field(default_factory=ConvergenceSettings)

@@ -130,6 +130,18 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.credential.fingerprint",
         "description": "Fingerprint of the API key in use",
     },
+    {
+        "name": "Spend",
+        "type": "number",
+        "jsonPath": ".status.spend.usd",
+        "description": "USD spent this period (with a budget)",
+    },
+    {
+        "name": "Limit",
+        "type": "number",
+        "jsonPath": ".spec.budget.limitUsd",
+        "description": "The budget's limit in USD per period",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -144,6 +144,14 @@ def _add_operation_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-reconcile every runtime this often, as a safety net (default %(default)s)",
     )
     parser.add_argument(
+        "--budget-interval",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="read the spend of runtimes with a budget this often; spend can overshoot a "
+        "limit by what is spent in this time (default %(default)s)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=9465,
@@ -391,6 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.resync_interval <= 0:
         parser.error("--resync-interval must be positive")
+    if args.budget_interval <= 0:
+        parser.error("--budget-interval must be positive")
     if args.peering_lifetime < 1:
         parser.error("--peering-lifetime must be at least 1 second")
     if args.webhook_ca_interval <= 0:
@@ -429,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger(__name__)
     ctx = OperatorContext(
         resync_interval=args.resync_interval,
+        budget_interval=args.budget_interval,
         workers=args.workers,
         token_source=service_account_token_source(),
         convergence=ConvergenceSettings(port=args.sidecar_admin_port),

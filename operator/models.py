@@ -14,6 +14,7 @@ Pure code: no kopf, no kubernetes client, no I/O.
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -25,6 +26,7 @@ from pydantic.alias_generators import to_camel
 from openai_runtime_sidecar.config import ModelSettings, RuntimeRef, SidecarConfig
 from openai_runtime_sidecar.contract import DEFAULT_SECRET_KEY, key_file
 from openai_runtime_sidecar.runner.config import (
+    BudgetSettings,
     CircuitBreakerSettings,
     RateLimitSettings,
     RetrySettings,
@@ -46,6 +48,7 @@ __all__ = [
     "ANNOTATION_CREDENTIAL_VERSION",
     "ANNOTATION_INJECTED",
     "API_VERSION",
+    "CONDITION_BUDGET_WARNING",
     "CONDITION_CREDENTIAL_RESOLVED",
     "CONDITION_READY",
     "CONTAINER_NAME",
@@ -60,14 +63,17 @@ __all__ = [
     "SHORT",
     "SINGULAR",
     "VERSION",
+    "BudgetSpec",
     "Condition",
     "ConvergenceStatus",
     "CredentialStatus",
     "OpenAiRuntimeSpec",
     "OpenAiRuntimeStatus",
+    "PodSpend",
     "SecretKeyRef",
     "SidecarResources",
     "SidecarSettings",
+    "SpendStatus",
     "api_key_secret",
     "key_file_path",
     "render_sidecar_config",
@@ -95,6 +101,7 @@ DEFAULT_IMAGE = "ghcr.io/atomr/openai-runtime-sidecar:0.1.0"
 
 CONDITION_READY = "Ready"
 CONDITION_CREDENTIAL_RESOLVED = "CredentialResolved"
+CONDITION_BUDGET_WARNING = "BudgetWarning"
 
 # Bounds the API server needs to estimate the cost of the CEL rule on
 # ``models`` (an unbounded list of unbounded strings exceeds the budget);
@@ -185,6 +192,57 @@ class SidecarSettings(ConfigModel):
     )
 
 
+def _time_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"unknown time zone {value!r} (use an IANA name: UTC, Europe/Berlin)"
+        ) from exc
+    return value
+
+
+TimeZone = Annotated[str, After(_time_zone)]
+
+
+class BudgetSpec(ConfigModel):
+    """A spend limit for the runtime, summed over the spend of all of its pods.
+
+    Spend counts from the moment the budget is set. The operator reads every
+    pod's spend each ``--budget-interval`` (15 s by default); between two looks
+    spend can overshoot the limit by what the runtime spends in that time plus
+    the ConfigMap's way to the pods, unless ``localShare`` bounds each pod.
+    """
+
+    limit_usd: float = Field(gt=0, finite=True, description="The limit in USD per period.")
+    period: Literal["day", "month"] = Field(default="month", description="A calendar day or month.")
+    time_zone: TimeZone = Field(
+        default="UTC",
+        min_length=1,
+        max_length=64,
+        description="The IANA time zone whose midnight starts a period.",
+    )
+    warn_at_percent: list[Annotated[int, Rule(ge=1, le=100)]] = Field(
+        default_factory=lambda: [80],
+        max_length=10,
+        description="Shares of the limit, in percent, that post a BudgetWarning (default 80).",
+    )
+    action: Literal["reject", "alert"] = Field(
+        default="reject",
+        description=(
+            "At the limit: reject spending calls with 429 budget_exceeded until the next "
+            "period, or only alert."
+        ),
+    )
+    local_share: bool = Field(
+        default=False,
+        description=(
+            "Tight mode: each pod also stops once it spent its share of what is left "
+            "(what is left divided by the pods) until the operator looks again."
+        ),
+    )
+
+
 def _bounded_models(value: ModelSettings) -> ModelSettings:
     if len(value.allow) > MAX_ALLOWED_MODELS:
         raise ValueError(f"at most {MAX_ALLOWED_MODELS} allowed models")
@@ -218,6 +276,9 @@ class OpenAiRuntimeSpec(ConfigModel):
     )
     sidecar: SidecarSettings = Field(
         default_factory=SidecarSettings, description="The injected sidecar container."
+    )
+    budget: BudgetSpec | None = Field(
+        default=None, description="A spend limit per day or month across all pods."
     )
 
     @property
@@ -280,6 +341,35 @@ class ConvergenceStatus(_StatusModel):
     )
 
 
+class PodSpend(_StatusModel):
+    """One pod's spend as last read: which sidecar process, and its counters then."""
+
+    instance: str = StatusField(min_length=1, description="The sidecar process's id.")
+    usd: float = StatusField(ge=0, description="USD since that process started.")
+    by_model: dict[str, float] = StatusField(default_factory=dict, description="USD per model.")
+
+
+class SpendStatus(_StatusModel):
+    """Spend this period across the runtime's pods (with spec.budget)."""
+
+    period_start: datetime = StatusField(description="When the current period started.")
+    usd: float = StatusField(default=0.0, ge=0, description="USD spent this period.")
+    by_model: dict[str, float] = StatusField(
+        default_factory=dict, description="USD spent this period per model."
+    )
+    warned: list[int] = StatusField(
+        default_factory=list, description="Warning thresholds (percent) reached this period."
+    )
+    exceeded_at: datetime | None = StatusField(
+        default=None, description="When spend reached the limit this period."
+    )
+    pods: dict[str, PodSpend] = StatusField(
+        default_factory=dict,
+        description="Each pod's counters as last read: the next reading counts what they grew by.",
+    )
+    updated_at: datetime | None = StatusField(default=None, description="The last reading.")
+
+
 class OpenAiRuntimeStatus(_StatusModel):
     """Observed state, written by the operator."""
 
@@ -301,6 +391,9 @@ class OpenAiRuntimeStatus(_StatusModel):
     )
     convergence: ConvergenceStatus | None = StatusField(
         default=None, description="Rotation progress across the runtime's pods."
+    )
+    spend: SpendStatus | None = StatusField(
+        default=None, description="Spend this period, with spec.budget."
     )
 
     def condition(self, type_: str) -> Condition | None:
@@ -326,12 +419,18 @@ def api_key_secret(spec: Mapping[str, Any]) -> tuple[str, str] | None:
     return ref["name"], key if isinstance(key, str) else DEFAULT_SECRET_KEY
 
 
-def render_sidecar_config(namespace: str, name: str, spec: OpenAiRuntimeSpec) -> SidecarConfig:
+def render_sidecar_config(
+    namespace: str,
+    name: str,
+    spec: OpenAiRuntimeSpec,
+    budget: BudgetSettings | None = None,
+) -> SidecarConfig:
     """The sidecar config for runtime ``namespace/name``: the spec's policies, the key's file.
 
     Listen addresses, request limits and file watching keep the sidecar's
     defaults (the ports are :mod:`openai_runtime_sidecar.contract`'s, which the
-    webhook relies on); everything the spec says is copied.
+    webhook relies on); everything the spec says is copied. ``budget`` is the
+    operator's judgement of the spend (:func:`.spending.gate_settings`).
     """
     return SidecarConfig(
         runtime=RuntimeRef(namespace=namespace, name=name),
@@ -343,4 +442,5 @@ def render_sidecar_config(namespace: str, name: str, spec: OpenAiRuntimeSpec) ->
         retry=spec.retry,
         circuit_breaker=spec.circuit_breaker,
         timeouts=spec.timeouts,
+        budget=budget or BudgetSettings(),
     )

@@ -28,6 +28,7 @@ from typing import Any
 import kopf
 
 from openai_runtime_sidecar.contract import CONFIG_KEY
+from openai_runtime_sidecar.runner.config import BudgetSettings
 from openai_runtime_sidecar.runner.modeling import ValidationError
 
 from .context import OperatorContext
@@ -47,12 +48,14 @@ from .networking import (
 from .owning import existing_or_created, metadata_in_place, metadata_patch, own
 from .posting import post_event
 from .rotation import after_rotation, warn_unresolved
+from .spending import gate_settings
 from .status import (
     CredentialResolution,
     Observation,
     SpecVerdict,
     StatusChange,
     StatusWrite,
+    load_status,
     resolve_credential,
     write_status,
 )
@@ -75,14 +78,19 @@ def configmap_name(runtime: str) -> str:
 
 
 def render_configmap(
-    owner: Mapping[str, Any], namespace: str, name: str, spec: OpenAiRuntimeSpec
+    owner: Mapping[str, Any],
+    namespace: str,
+    name: str,
+    spec: OpenAiRuntimeSpec,
+    budget: BudgetSettings | None = None,
 ) -> dict[str, Any]:
     """The desired ConfigMap: the rendered config, owned by the runtime.
 
     Written as JSON, which is YAML (the key stays ``config.yaml``): the
-    sidecar parses it without loading a YAML parser.
+    sidecar parses it without loading a YAML parser. ``budget`` is the
+    verdict on the spend (:func:`.spending.gate_settings`).
     """
-    config = render_sidecar_config(namespace, name, spec)
+    config = render_sidecar_config(namespace, name, spec, budget)
     document = config.model_dump(by_alias=True, mode="json", exclude_none=True)
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     body: dict[str, Any] = {
@@ -219,7 +227,14 @@ async def _reconcile(
             # The object as read now owns the ConfigMap: its uid is the current
             # one even if the runtime was recreated since kopf's event.
             owner = runtime if runtime.get("apiVersion") and runtime.get("kind") else body
-            desired = render_configmap(owner, namespace, name, verdict.spec)
+            # The budget's verdict from the stored spend: a raised limit lifts a refusal now.
+            gate = gate_settings(
+                verdict.spec.budget,
+                load_status(runtime.get("status")).spend,
+                now=ctx.now(),
+                recheck=ctx.budget_interval,
+            )
+            desired = render_configmap(owner, namespace, name, verdict.spec, gate)
             outcome = await ensure_configmap(ctx, desired)
             if outcome != "unchanged":
                 logger.info("ConfigMap %s %s", configmap_name(name), outcome)

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import kopf
 
+from .budgeting import budget_forever
 from .context import OperatorContext
 from .injecting import NamespacedWebhookServer, mutate_pod
 from .models import GROUP, LABEL_RUNTIME, PLURAL, VERSION
@@ -193,6 +194,7 @@ def _register_startup(
 
     async def start_resync(**_: Any) -> None:
         ctx.background(resync_forever(ctx, namespaces, ctx.resync_interval, acting=acting))
+        ctx.background(budget_forever(ctx, namespaces, ctx.budget_interval, acting=acting))
         if peering is not None and not peering.standalone:
             ctx.background(report_peering(lambda: ctx.api, peering))
         if webhook is not None:

@@ -14,6 +14,8 @@ the same thing twice yields the same status, and ``lastTransitionTime``
 moves only when a condition's status does. ``status.convergence`` is written
 by :mod:`.convergence` under the same lock; the next status carries it over
 (reset to ``current=0`` on a rotation), so it is never nulled here.
+``status.spend`` and the ``BudgetWarning`` condition are written by
+:mod:`.budgeting`, likewise; they go only when the spec sets no budget.
 
 The API key itself never leaves :func:`resolve_credential`: only its
 fingerprint comes out.
@@ -33,6 +35,7 @@ from openai_runtime_sidecar.runner.credentials import fingerprint
 from .kubeapi import resource_path
 from .models import (
     API_VERSION,
+    CONDITION_BUDGET_WARNING,
     CONDITION_CREDENTIAL_RESOLVED,
     CONDITION_READY,
     PLURAL,
@@ -56,6 +59,7 @@ __all__ = [
     "dump_status",
     "load_status",
     "merge_patch",
+    "next_condition",
     "next_credential",
     "next_status",
     "readiness",
@@ -181,13 +185,14 @@ def dump_status(status: OpenAiRuntimeStatus) -> dict[str, Any]:
     return status.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
-def _condition(
+def next_condition(
     previous: OpenAiRuntimeStatus,
     type_: str,
     verdict: tuple[ConditionStatus, str, str],
     generation: int | None,
     now: datetime,
 ) -> Condition:
+    """Condition ``type_`` with ``verdict``; its transition time moves only with its status."""
     status, reason, message = verdict
     old = previous.condition(type_)
     since = old.last_transition_time if old is not None and old.status == status else now
@@ -260,6 +265,12 @@ def next_status(
     generation, variant, model = spec_fields(previous, observation.spec)
     conditions = _next_conditions(previous, observation, generation, now)
     credential, rotated = next_credential(previous.credential, observation.credential, now)
+    spend = previous.spend
+    verdict = observation.spec
+    if verdict is not None and verdict.spec is not None and verdict.spec.budget is None:
+        # No budget (any more): no spend to keep, no warning to show.
+        spend = None
+        conditions = [c for c in conditions if c.type != CONDITION_BUDGET_WARNING]
     status = OpenAiRuntimeStatus(
         observed_generation=generation,
         variant=variant,
@@ -267,6 +278,7 @@ def next_status(
         conditions=conditions,
         credential=credential,
         convergence=_next_convergence(previous.convergence, rotated),
+        spend=spend,
     )
     return StatusChange(
         status=status,
@@ -284,7 +296,7 @@ def _next_conditions(
     conditions: dict[str, Condition] = {c.type: c for c in previous.conditions}
     resolution = observation.credential
     if resolution is not None:
-        conditions[CONDITION_CREDENTIAL_RESOLVED] = _condition(
+        conditions[CONDITION_CREDENTIAL_RESOLVED] = next_condition(
             previous,
             CONDITION_CREDENTIAL_RESOLVED,
             ("True" if resolution.resolved else "False", resolution.reason, resolution.message),
@@ -296,7 +308,7 @@ def _next_conditions(
         observation.spec,
         conditions.get(CONDITION_CREDENTIAL_RESOLVED),
     )
-    conditions[CONDITION_READY] = _condition(previous, CONDITION_READY, ready, generation, now)
+    conditions[CONDITION_READY] = next_condition(previous, CONDITION_READY, ready, generation, now)
     return _ordered_conditions(conditions)
 
 

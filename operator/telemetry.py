@@ -13,6 +13,10 @@ never a key.
 - ``openai_runtime_operator.pods_nudged``
 - ``openai_runtime_operator.resync_errors{scope=runtime|pass}``: a runtime the
   resync could not handle, or a whole pass that failed (:mod:`.resync`)
+- ``openai_runtime_operator.budget.spend`` and ``.budget.limit`` (USD, gauges,
+  ``namespace`` and ``runtime`` as ``<namespace>/<name>``): this period's
+  spend of each runtime with a budget, and its limit, as of the last look
+  (:mod:`.budgeting`)
 
 :meth:`OperatorTelemetry.prometheus_text` renders them for ``/metrics``, which
 :mod:`.serving` serves on ``--metrics-port``.
@@ -21,10 +25,11 @@ never a key.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import cast
 
 from opentelemetry import trace
+from opentelemetry.metrics import Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
@@ -92,6 +97,19 @@ class OperatorTelemetry:
         for scope in ("runtime", "pass"):
             # Shown at 0 from the start, so that an alert on its increase sees the first one.
             self.resync_errors.add(0, {"scope": scope})
+        self._budgets: dict[tuple[str, str], tuple[float, float]] = {}
+        meter.create_observable_gauge(
+            "openai_runtime_operator.budget.spend",
+            [lambda options: self._budget_readings(0)],
+            unit="USD",
+            description="Spend this period of each runtime with a budget, as last read.",
+        )
+        meter.create_observable_gauge(
+            "openai_runtime_operator.budget.limit",
+            [lambda options: self._budget_readings(1)],
+            unit="USD",
+            description="The budget's limit per period of each runtime with one.",
+        )
         self._shut_down = False
 
     @contextlib.contextmanager
@@ -128,6 +146,16 @@ class OperatorTelemetry:
         span.set_attribute("openai_runtime.pods_nudged", nudged)
         if nudged:
             self.pods_nudged.add(nudged)
+
+    def budget(self, namespace: str, name: str, spend: float, limit: float) -> None:
+        """Record a runtime's spend this period and its limit (for the gauges)."""
+        self._budgets[namespace, name] = (spend, limit)
+
+    def _budget_readings(self, which: int) -> Iterable[Observation]:
+        for (namespace, name), values in list(self._budgets.items()):
+            # ``runtime`` as the sidecars' metrics spell it, so dashboards join them.
+            attributes = {"namespace": namespace, "runtime": f"{namespace}/{name}"}
+            yield Observation(values[which], attributes)
 
     def resync_failed(self, scope: str) -> None:
         """Count one resync failure: ``runtime`` (one skipped) or ``pass`` (all of them)."""

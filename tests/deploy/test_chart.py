@@ -81,6 +81,7 @@ VALUE_SETS: dict[str, Obj | None] = {
         "operator": {
             "workers": 4,
             "resyncInterval": 60,
+            "budgetInterval": 5,
             "logLevel": "DEBUG",
             "extraArgs": ["--standalone"],
             "extraEnv": [
@@ -439,6 +440,7 @@ def test_default_args(objects: Any) -> None:
         "--webhook-configuration": "openai-runtime",
         "--workers": "16",
         "--resync-interval": "300",
+        "--budget-interval": "15",
         "--metrics-port": "9465",
         "--sidecar-admin-port": "9464",
         "--monitoring-namespace": "monitoring",
@@ -832,6 +834,7 @@ def test_custom_values(objects: Any) -> None:
     flags = _flags(args)
     assert flags["--workers"] == "4"
     assert flags["--resync-interval"] == "60"
+    assert flags["--budget-interval"] == "5"
     assert flags["--log-level"] == "DEBUG"
     assert flags["--webhook-port"] == "10443"
     assert flags["--metrics-port"] == "9100"
@@ -943,6 +946,7 @@ BAD_VALUES = {
     "timeout-too-long": {"webhook": {"timeoutSeconds": 31}},
     "zero-workers": {"operator": {"workers": 0}},
     "zero-resync": {"operator": {"resyncInterval": 0}},
+    "zero-budget-interval": {"operator": {"budgetInterval": 0}},
     "namespace-glob": {"watchNamespaces": ["team-*"]},
     "namespace-not-a-list": {"watchNamespaces": "a"},
     "issuer-ref-without-name": {

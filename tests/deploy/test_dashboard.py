@@ -3,10 +3,10 @@
 The structural test reads the JSON only. The live test starts a real sidecar in
 front of the fake upstream, makes calls that exercise every metric (plain,
 streamed, retried, failed, refused; a key rotation; a config reload), scrapes
-``/metrics`` and checks that every metric a panel or variable queries is
-exported, and that every label it selects on, groups by or names in a legend is
-on that metric's samples. Renaming a metric or a label fails here, not silently
-as an empty panel.
+``/metrics`` (and the operator's exposition of a runtime's budget) and checks
+that every metric a panel or variable queries is exported, and that every label
+it selects on, groups by or names in a legend is on that metric's samples.
+Renaming a metric or a label fails here, not silently as an empty panel.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import openai
 import pytest
 import yaml
 
+from openai_runtime_operator.telemetry import OperatorTelemetry
 from tests.sidecar import conftest as sidecar_fixtures
 from tests.support import NEW_KEY, SecretVolume
 
@@ -360,6 +361,13 @@ async def test_every_queried_metric_and_label_is_exported(
     ):
         assert response.status == 200
         text = await response.text()
+    # The budget panels read the operator's gauges: its real exposition of them,
+    # for this runtime (its other families are for the operator's own dashboards).
+    operator = OperatorTelemetry()
+    operator.budget(sidecar.config.runtime.namespace, sidecar.config.runtime.name, 1.25, 10.0)
+    exposition = operator.prometheus_text().splitlines()
+    operator.shutdown()
+    text += "".join(line + "\n" for line in exposition if "_budget_" in line)
     samples, types = parse_samples(text)
 
     dashboard = load()

@@ -191,7 +191,7 @@ def test_every_cel_rule_has_a_python_equivalent() -> None:
 def test_printer_columns() -> None:
     (version,) = build_crd()["spec"]["versions"]
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Variant", "Model", "Ready", "Credential", "Age"]
+    assert list(columns) == ["Variant", "Model", "Ready", "Credential", "Spend", "Limit", "Age"]
     assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Credential"]["jsonPath"] == ".status.credential.fingerprint"
     assert columns["Age"] == {

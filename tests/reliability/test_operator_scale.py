@@ -168,7 +168,7 @@ def per_runtime(archive: Archive, names: Iterable[str]) -> Counter[str]:
 
 async def settled(operator: Cluster, archive: Archive, within: float = 60.0) -> int:
     """Wait for quiet: no API request for half a second, the operator's own
-    background tasks down to the resync loop; how many of those are left.
+    background tasks down to the resync and budget loops; how many are left.
 
     (kmock keeps every resourceVersion at "1", so kopf handles each object a
     second time after the status patch: "all Ready" comes before the quiet.)
@@ -181,7 +181,7 @@ async def settled(operator: Cluster, archive: Archive, within: float = 60.0) -> 
         count = len(archive)
         if count != seen:
             seen, since = count, loop.time()
-        return loop.time() - since >= 0.5 and len(operator.ctx._tasks) <= 1
+        return loop.time() - since >= 0.5 and len(operator.ctx._tasks) <= 2
 
     try:
         await eventually(quiet, "the operator to settle", within)
