@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -20,8 +21,8 @@ _HOP = frozenset(
 )
 
 
-def build(upstream: str) -> web.Application:
-    app = web.Application()
+def with_session(app: web.Application) -> dict[str, aiohttp.ClientSession]:
+    """The one upstream session of ``app`` (``["session"]``), opened and closed with it."""
     state: dict[str, aiohttp.ClientSession] = {}
 
     async def start(_: web.Application) -> None:
@@ -32,6 +33,15 @@ def build(upstream: str) -> web.Application:
 
     async def stop(_: web.Application) -> None:
         await state["session"].close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    return state
+
+
+def build(upstream: str) -> web.Application:
+    app = web.Application()
+    state = with_session(app)
 
     async def forward(request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
@@ -52,14 +62,12 @@ def build(upstream: str) -> web.Application:
             await response.write_eof()
             return response
 
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 
 
-async def main(port: int, upstream: str) -> None:
-    runner = web.AppRunner(build(upstream.rstrip("/")), access_log=None)
+async def main(port: int, upstream: str, builder: Callable[[str], web.Application] = build) -> None:
+    runner = web.AppRunner(builder(upstream.rstrip("/")), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
     print("ready", flush=True)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import aiohttp
 import orjson
 from aiohttp import web
+from bareproxy import main, with_session
 
 _HOP = frozenset(
     {
@@ -34,16 +34,7 @@ _PRICE_PER_TOKEN = (2.5e-6, 10e-6)  # input, output
 
 def build(upstream: str) -> web.Application:
     app = web.Application()
-    state: dict[str, aiohttp.ClientSession] = {}
-
-    async def start(_: web.Application) -> None:
-        connector = aiohttp.TCPConnector(limit=256)
-        state["session"] = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
-        )
-
-    async def stop(_: web.Application) -> None:
-        await state["session"].close()
+    state = with_session(app)
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -76,19 +67,9 @@ def build(upstream: str) -> web.Application:
             out_headers["x-cost-usd"] = f"{cost:.8f}"
         return web.Response(status=answer.status, headers=out_headers, body=data)
 
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 
 
-async def main(port: int, upstream: str) -> None:
-    runner = web.AppRunner(build(upstream.rstrip("/")), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-
-
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2], build))

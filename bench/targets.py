@@ -199,22 +199,21 @@ def start_upstream(work: Path) -> Proc:
     return spawn("upstream", argv, url, url + "/", log, env=clean_env(), any_answer=True)
 
 
-def start_bare(work: Path, upstream: str) -> Proc:
+def _start_proxy(work: Path, upstream: str, name: str) -> Proc:
     # Any answer through the proxy (upstream's 404 off its route) proves it forwards.
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    argv = [PY, str(BENCH / "bareproxy.py"), str(port), upstream]
-    log = work / "bare.log"
-    return spawn("bare", argv, url, url + "/", log, env=clean_env(), any_answer=True)
+    argv = [PY, str(BENCH / f"{name}proxy.py"), str(port), upstream]
+    return spawn(name, argv, url, url + "/", work / f"{name}.log", env=clean_env(), any_answer=True)
+
+
+def start_bare(work: Path, upstream: str) -> Proc:
+    return _start_proxy(work, upstream, "bare")
 
 
 def start_minimal(work: Path, upstream: str) -> Proc:
     """The bare pass-through plus what a cost-reporting proxy cannot skip (minimalproxy.py)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [PY, str(BENCH / "minimalproxy.py"), str(port), upstream]
-    log = work / "minimal.log"
-    return spawn("minimal", argv, url, url + "/", log, env=clean_env(), any_answer=True)
+    return _start_proxy(work, upstream, "minimal")
 
 
 def sidecar_config(work: Path, upstream: str) -> tuple[Path, str, str]:
