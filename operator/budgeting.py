@@ -28,9 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
-from .convergence import ConvergenceSettings, pod_address, runtime_pods
+from .convergence import ConvergenceSettings, pod_statuses, runtime_pods
 from .kubeapi import resource_path
 from .models import (
     API_VERSION,
@@ -72,37 +70,17 @@ ANNOTATION_CONFIG_VERSION = f"{GROUP}/config-version"
 """Set on a runtime's pods to a digest of its ConfigMap when a budget verdict changed it."""
 
 
-async def _spend_of(
-    session: aiohttp.ClientSession, url: str, gate: asyncio.Semaphore
-) -> Reading | None:
-    async with gate:
-        try:
-            async with session.get(url) as response:
-                if response.status != 200:
-                    return None
-                document = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            logger.debug("No spend from %s: %s", url, exc)
-            return None
-    return reading_of(document)
-
-
 async def read_spend(
     pods: Sequence[Mapping[str, Any]], settings: ConvergenceSettings
 ) -> dict[str, Reading]:
     """Each Running pod's spend counters, by pod name; pods that do not answer are left out."""
-    targets: list[tuple[str, str]] = []
-    for pod in pods:
-        ip, name = pod_address(pod), (pod.get("metadata") or {}).get("name")
-        if ip is not None and isinstance(name, str):
-            host = f"[{ip}]" if ":" in ip else ip
-            targets.append((name, f"{settings.scheme}://{host}:{settings.port}{settings.path}"))
-    if not targets:
-        return {}
-    gate = asyncio.Semaphore(max(1, settings.concurrency))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.timeout)) as s:
-        found = await asyncio.gather(*(_spend_of(s, url, gate) for _, url in targets))
-    return {name: r for (name, _), r in zip(targets, found, strict=True) if r is not None}
+    readings: dict[str, Reading] = {}
+    for pod, document in zip(pods, await pod_statuses(pods, settings), strict=True):
+        name = (pod.get("metadata") or {}).get("name")
+        reading = reading_of(document)
+        if isinstance(name, str) and reading is not None:
+            readings[name] = reading
+    return readings
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ __all__ = [
     "ConvergenceSettings",
     "follow_convergence",
     "pod_address",
+    "pod_statuses",
     "probe_pods",
     "runtime_pods",
     "update_convergence",
@@ -90,18 +91,35 @@ def _url(settings: ConvergenceSettings, ip: str) -> str:
     return f"{settings.scheme}://{host}:{settings.port}{settings.path}"
 
 
-async def _served_fingerprint(
-    session: aiohttp.ClientSession, url: str, gate: asyncio.Semaphore
-) -> str | None:
+async def _status_of(session: aiohttp.ClientSession, url: str, gate: asyncio.Semaphore) -> Any:
     async with gate:
         try:
             async with session.get(url) as response:
                 if response.status != 200:
                     return None
-                document = await response.json(content_type=None)
+                return await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             logger.debug("No status from %s: %s", url, exc)
             return None
+
+
+async def pod_statuses(
+    pods: Sequence[Mapping[str, Any]], settings: ConvergenceSettings
+) -> list[Any]:
+    """Each pod's sidecar ``/status`` document, in the pods' order; None where there is
+    none (not Running, no answer, not JSON). Convergence and budgets read these."""
+    urls = [_url(settings, ip) if (ip := pod_address(pod)) else None for pod in pods]
+    if not any(urls):
+        return [None] * len(pods)
+    gate = asyncio.Semaphore(max(1, settings.concurrency))
+    timeout = aiohttp.ClientTimeout(total=settings.timeout)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        asked = [_status_of(session, u, gate) for u in urls if u is not None]
+        answers = iter(await asyncio.gather(*asked))
+    return [next(answers) if u is not None else None for u in urls]
+
+
+def _served_fingerprint(document: Any) -> str | None:
     credential = document.get("credential") if isinstance(document, Mapping) else None
     served = credential.get("fingerprint") if isinstance(credential, Mapping) else None
     return served if isinstance(served, str) else None
@@ -111,14 +129,8 @@ async def probe_pods(
     pods: Sequence[Mapping[str, Any]], fp: str, settings: ConvergenceSettings
 ) -> ConvergenceStatus:
     """``pods``: all of them; ``current``: those whose sidecar says it serves ``fp``."""
-    urls = [_url(settings, ip) for pod in pods if (ip := pod_address(pod)) is not None]
-    current = 0
-    if urls:
-        gate = asyncio.Semaphore(max(1, settings.concurrency))
-        timeout = aiohttp.ClientTimeout(total=settings.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            served = await asyncio.gather(*(_served_fingerprint(session, u, gate) for u in urls))
-        current = sum(1 for found in served if found == fp)
+    documents = await pod_statuses(pods, settings)
+    current = sum(1 for document in documents if _served_fingerprint(document) == fp)
     return ConvergenceStatus(pods=len(pods), current=current)
 
 
