@@ -266,10 +266,8 @@ class TransportError(RunnerError):
         return not self.sent
 
 
-class CircuitOpen(RunnerError):
-    status = 503
-    code = "circuit_open"
-    error_type = "server_error"
+class _RefusedLocally(RunnerError):
+    """Refused here, before anything was sent, with a known time to wait."""
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
@@ -280,7 +278,13 @@ class CircuitOpen(RunnerError):
         return self._retry_after
 
 
-class LocalRateLimited(RunnerError):
+class CircuitOpen(_RefusedLocally):
+    status = 503
+    code = "circuit_open"
+    error_type = "server_error"
+
+
+class LocalRateLimited(_RefusedLocally):
     """Our own limiter could not admit the call within ``maxQueueWait``.
 
     Or never could: an estimate above ``tokensPerMinute`` is refused at once.
@@ -294,19 +298,14 @@ class LocalRateLimited(RunnerError):
     error_type = "requests"
 
     def __init__(self, message: str, *, retry_after: float, limit: str, fits: bool = True) -> None:
-        super().__init__(message)
-        self._retry_after = retry_after
+        super().__init__(message, retry_after=retry_after)
         self.limit = limit
         """Which budget ran out: requests, tokens or concurrency (local or upstream's)."""
         self.fits = fits
         """False when the call can never fit the budget: waiting cannot help it."""
 
-    @property
-    def retry_after(self) -> float | None:
-        return self._retry_after
 
-
-class BudgetExceeded(RunnerError):
+class BudgetExceeded(_RefusedLocally):
     """The runtime's spend budget is used up for this period (or this pod's share of it).
 
     Refused before anything is sent. ``retry_after`` is the time to the next
@@ -317,14 +316,6 @@ class BudgetExceeded(RunnerError):
     status = 429
     code = "budget_exceeded"
     error_type = "insufficient_quota"
-
-    def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message)
-        self._retry_after = retry_after
-
-    @property
-    def retry_after(self) -> float | None:
-        return self._retry_after
 
 
 class CredentialUnavailable(RunnerError):
