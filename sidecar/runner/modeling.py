@@ -11,26 +11,36 @@ The sidecar reads a config once at start and on each hot reload, so this is
 no hot path: it exists because pydantic's import and its compiled schemas
 are a fifth of an idle sidecar's memory. What it supports is exactly what
 the config models use: ``str``, ``int``, ``float``, ``bool``, ``Literal``,
-``X | None``, ``list[X]``, ``dict[str, X]``, nested models, and the markers
-below inside ``Annotated``. Coercion and the wording of errors follow
-pydantic's lax mode, so a config, a spec and an admission denial read as
-they did when pydantic validated them.
-
-The exception tree::
-
-    ValueError
-    └── ValidationError   every problem of one document, each with loc and msg
+``X | None``, ``list[X]``, ``dict[str, X]``, nested models, and the
+markers inside ``Annotated`` (:mod:`.validating` checks them). Coercion and
+the wording of errors follow pydantic's lax mode, so a config, a spec and an
+admission denial read as they did when pydantic validated them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Self, TypedDict, dataclass_transform
+from typing import Any, ClassVar, Self, dataclass_transform
+
+from .validating import (
+    FAIL,
+    After,
+    Before,
+    Check,
+    ErrorDetails,
+    JsonSchema,
+    Loc,
+    Rule,
+    Serializer,
+    ValidationError,
+    compile_type,
+    model_check,
+    optional_of,
+    report,
+    split_annotated,
+)
 
 __all__ = [
     "After",
@@ -38,85 +48,15 @@ __all__ = [
     "ConfigModel",
     "ErrorDetails",
     "Field",
+    "FieldSpec",
     "JsonSchema",
     "Rule",
     "Serializer",
     "ValidationError",
+    "dump_value",
+    "optional_of",
+    "split_annotated",
 ]
-
-Loc = tuple[str | int, ...]
-
-
-class ErrorDetails(TypedDict):
-    """One problem: where (field names on the wire, list indexes) and what."""
-
-    loc: Loc
-    msg: str
-    type: str
-
-
-class ValidationError(ValueError):
-    """A document (or constructor call) that does not fit its model."""
-
-    def __init__(self, title: str, errors: list[ErrorDetails]) -> None:
-        self.title = title
-        self._errors = errors
-        super().__init__(str(self))
-
-    def errors(self) -> list[ErrorDetails]:
-        return list(self._errors)
-
-    def __str__(self) -> str:
-        count = len(self._errors)
-        lines = [f"{count} validation error{'s' if count != 1 else ''} for {self.title}"]
-        for error in self._errors:
-            lines.append(".".join(str(part) for part in error["loc"]) or "(top level)")
-            lines.append(f"  {error['msg']}")
-        return "\n".join(lines)
-
-
-# -- markers -------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """Bounds on a value: numbers (ge, gt, le, finite) or lengths (strings, lists, maps)."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    min_length: int | None = None
-    max_length: int | None = None
-    pattern: str | None = None
-    finite: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Before:
-    """Turns the raw value into what the type expects (YAML's dates and numbers as text)."""
-
-    func: Callable[[Any], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class After:
-    """Checks the validated value; a ``ValueError`` it raises is reported at the field."""
-
-    func: Callable[[Any], Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Serializer:
-    """Writes the value for a JSON document (durations as ``1m30s``)."""
-
-    func: Callable[[Any], Any]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: typing hashes markers
-class JsonSchema:
-    """The JSON schema of the type, replacing the one derived from it."""
-
-    schema: Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,247 +97,6 @@ def Field(
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-# -- the compiled form of a type -----------------------------------------------
-
-Check = Callable[[Any, Loc, list[ErrorDetails]], Any]
-_FAIL: Any = object()
-
-
-def _error(errors: list[ErrorDetails], loc: Loc, kind: str, msg: str) -> Any:
-    errors.append({"loc": loc, "msg": msg, "type": kind})
-    return _FAIL
-
-
-def _plural(count: float, noun: str) -> str:
-    return f"{count:g} {noun}{'' if count == 1 else 's'}"
-
-
-def _apply_rule(rule: Rule, value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-    if isinstance(value, int | float):
-        if rule.finite and not math.isfinite(value):
-            return _error(errors, loc, "finite_number", "Input should be a finite number")
-        # The upper bound first, as pydantic reports NaN (which fails both).
-        if rule.le is not None and not value <= rule.le:
-            msg = f"Input should be less than or equal to {rule.le:g}"
-            return _error(errors, loc, "less_than_equal", msg)
-        if rule.ge is not None and not value >= rule.ge:
-            msg = f"Input should be greater than or equal to {rule.ge:g}"
-            return _error(errors, loc, "greater_than_equal", msg)
-        if rule.gt is not None and not value > rule.gt:
-            return _error(errors, loc, "greater_than", f"Input should be greater than {rule.gt:g}")
-        return value
-    what, noun = ("String", "character") if isinstance(value, str) else ("List", "item")
-    if isinstance(value, dict):
-        what = "Dictionary"
-    size = len(value)
-    after = "" if isinstance(value, str) else f" after validation, not {size}"
-    if rule.min_length is not None and size < rule.min_length:
-        msg = f"{what} should have at least {_plural(rule.min_length, noun)}{after}"
-        return _error(errors, loc, "too_short" if what != "String" else "string_too_short", msg)
-    if rule.max_length is not None and size > rule.max_length:
-        msg = f"{what} should have at most {_plural(rule.max_length, noun)}{after}"
-        return _error(errors, loc, "too_long" if what != "String" else "string_too_long", msg)
-    if isinstance(value, str) and rule.pattern and re.search(rule.pattern, value) is None:
-        msg = f"String should match pattern '{rule.pattern}'"
-        return _error(errors, loc, "string_pattern_mismatch", msg)
-    return value
-
-
-def _str(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-    if isinstance(value, str):
-        return value
-    return _error(errors, loc, "string_type", "Input should be a valid string")
-
-
-def _int(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return _error(errors, loc, "finite_number", "Input should be a finite number")
-        if value.is_integer():
-            return int(value)
-        msg = "Input should be a valid integer, got a number with a fractional part"
-        return _error(errors, loc, "int_from_float", msg)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            msg = "Input should be a valid integer, unable to parse string as an integer"
-            return _error(errors, loc, "int_parsing", msg)
-    return _error(errors, loc, "int_type", "Input should be a valid integer")
-
-
-def _float(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            msg = "Input should be a valid number, unable to parse string as a number"
-            return _error(errors, loc, "float_parsing", msg)
-    return _error(errors, loc, "float_type", "Input should be a valid number")
-
-
-_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
-_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
-
-
-def _bool(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) or (isinstance(value, int) and -(2**63) <= value < 2**63):
-        text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        msg = "Input should be a valid boolean, unable to interpret input"
-        return _error(errors, loc, "bool_parsing", msg)
-    return _error(errors, loc, "bool_type", "Input should be a valid boolean")
-
-
-def _any(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-    return value
-
-
-_SCALARS: dict[Any, Check] = {str: _str, int: _int, float: _float, bool: _bool, Any: _any}
-
-
-def _literal(choices: tuple[Any, ...]) -> Check:
-    spelled = [repr(c) for c in choices]
-    listed = spelled[0] if len(spelled) == 1 else ", ".join(spelled[:-1]) + f" or {spelled[-1]}"
-
-    def check(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-        if value in choices and type(value) in {type(c) for c in choices}:
-            return value
-        return _error(errors, loc, "literal_error", f"Input should be {listed}")
-
-    return check
-
-
-def _optional(inner: Check) -> Check:
-    def check(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-        return None if value is None else inner(value, loc, errors)
-
-    return check
-
-
-def _list(item: Check) -> Check:
-    def check(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-        if not isinstance(value, list | tuple):
-            return _error(errors, loc, "list_type", "Input should be a valid list")
-        before = len(errors)
-        out = [item(v, (*loc, i), errors) for i, v in enumerate(value)]
-        return out if len(errors) == before else _FAIL
-
-    return check
-
-
-def _dict(item: Check) -> Check:
-    def check(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-        if not isinstance(value, Mapping):
-            return _error(errors, loc, "dict_type", "Input should be a valid dictionary")
-        before = len(errors)
-        out = {}
-        for key, v in value.items():
-            if not isinstance(key, str):
-                _error(
-                    errors,
-                    (*loc, str(key), "[key]"),
-                    "string_type",
-                    "Input should be a valid string",
-                )
-                continue
-            out[key] = item(v, (*loc, key), errors)
-        return out if len(errors) == before else _FAIL
-
-    return check
-
-
-def _model(cls: type[ConfigModel]) -> Check:
-    def check(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-        if isinstance(value, cls):
-            return value
-        if not isinstance(value, Mapping):
-            msg = f"Input should be a valid dictionary or instance of {cls.__name__}"
-            return _error(errors, loc, "model_type", msg)
-        return cls._from_mapping(value, loc, errors)
-
-    return check
-
-
-def _annotated(inner: Check, markers: tuple[Any, ...], rule: Rule | None) -> Check:
-    befores = [m.func for m in markers if isinstance(m, Before)]
-    afters = [m.func for m in markers if isinstance(m, After)]
-    rules = [m for m in markers if isinstance(m, Rule)] + ([rule] if rule else [])
-    if not (befores or afters or rules):
-        return inner
-
-    def check(value: Any, loc: Loc, errors: list[ErrorDetails]) -> Any:
-        try:
-            for func in befores:
-                value = func(value)
-        except ValueError as exc:
-            return _error(errors, loc, "value_error", f"Value error, {exc}")
-        value = inner(value, loc, errors)
-        for each in rules:
-            if value is _FAIL:
-                return _FAIL
-            value = _apply_rule(each, value, loc, errors)
-        if value is _FAIL:
-            return _FAIL
-        try:
-            for func in afters:
-                value = func(value)
-        except ValueError as exc:
-            return _error(errors, loc, "value_error", f"Value error, {exc}")
-        return value
-
-    return check
-
-
-def split_annotated(tp: Any) -> tuple[Any, tuple[Any, ...]]:
-    """``Annotated[T, *markers]`` as ``(T, markers)``; anything else with no markers."""
-    if typing.get_origin(tp) is typing.Annotated:
-        return tp.__origin__, tuple(tp.__metadata__)
-    return tp, ()
-
-
-def optional_of(tp: Any) -> Any | None:
-    """``X`` of ``X | None``, else None."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0]
-    return None
-
-
-def compile_type(tp: Any, rule: Rule | None = None) -> Check:
-    """The check for a type; ``rule`` (a field's own bounds) applies past any ``| None``."""
-    inner = optional_of(tp)
-    if inner is not None:
-        return _optional(compile_type(inner, rule))
-    base, markers = split_annotated(tp)
-    origin = typing.get_origin(base)
-    if base in _SCALARS:
-        check = _SCALARS[base]
-    elif origin is typing.Literal:
-        check = _literal(typing.get_args(base))
-    elif origin is list:
-        check = _list(compile_type(typing.get_args(base)[0]))
-    elif origin is dict:
-        check = _dict(compile_type(typing.get_args(base)[1]))
-    elif isinstance(base, type) and issubclass(base, ConfigModel):
-        check = _model(base)
-    elif optional_of(base) is not None:
-        check = compile_type(base)
-    else:
-        raise TypeError(f"no validation for {tp!r}")
-    return _annotated(check, markers, rule)
 
 
 # -- dumping -------------------------------------------------------------------
@@ -511,7 +210,7 @@ class ConfigModel:
     def model_validate(cls, data: Any) -> Self:
         """A model from a document (a mapping with camelCase or snake_case keys)."""
         errors: list[ErrorDetails] = []
-        instance = _model(cls)(data, (), errors)
+        instance = model_check(cls)(data, (), errors)
         if errors:
             raise ValidationError(cls.__name__, errors)
         return typing.cast(Self, instance)
@@ -525,7 +224,7 @@ class ConfigModel:
             raw = data.get(spec.wire, data.get(spec.name, dataclasses.MISSING))
             if raw is dataclasses.MISSING:
                 if spec.required:
-                    _error(errors, (*loc, spec.wire), "missing", "Field required")
+                    report(errors, (*loc, spec.wire), "missing", "Field required")
                 else:
                     values[spec.name] = spec.default()
                 continue
@@ -533,29 +232,30 @@ class ConfigModel:
         known = cls._known_keys()
         for key in data:
             if key not in known:
-                _error(errors, (*loc, key), "extra_forbidden", "Extra inputs are not permitted")
+                report(errors, (*loc, key), "extra_forbidden", "Extra inputs are not permitted")
         if len(errors) != before:
-            return _FAIL
+            return FAIL
         instance = object.__new__(cls)
         for name, value in values.items():
             object.__setattr__(instance, name, value)
         try:
             instance.__validate__()
         except ValueError as exc:
-            return _error(errors, loc, "value_error", f"Value error, {exc}")
+            errors.append({"loc": loc, "msg": f"Value error, {exc}", "type": "value_error"})
+            return FAIL
         return instance
 
     def __post_init__(self) -> None:
         errors: list[ErrorDetails] = []
         for spec in self.model_fields_spec():
             value = spec.check(getattr(self, spec.name), (spec.wire,), errors)
-            if value is not _FAIL:
+            if value is not FAIL:
                 object.__setattr__(self, spec.name, value)
         if not errors:
             try:
                 self.__validate__()
             except ValueError as exc:
-                _error(errors, (), "value_error", f"Value error, {exc}")
+                report(errors, (), "value_error", f"Value error, {exc}")
         if errors:
             raise ValidationError(type(self).__name__, errors)
 
