@@ -124,6 +124,12 @@ async def poll_budget(ctx: OperatorContext, namespace: str, name: str) -> Budget
                 "exceeded_at": moment if exceeded else spend.exceeded_at,
             }
         )
+        was = previous.spend
+        if was is not None and was.model_copy(update={"updated_at": None}) == spend.model_copy(
+            update={"updated_at": None}
+        ):
+            # Nothing moved: no status write (a quiet runtime costs the API server nothing).
+            spend = was
         conditions = {c.type: c for c in previous.conditions}
         conditions[CONDITION_BUDGET_WARNING] = next_condition(
             previous,
@@ -143,7 +149,6 @@ async def poll_budget(ctx: OperatorContext, namespace: str, name: str) -> Budget
         outcome = await ensure_configmap(ctx, desired)
     if outcome != "unchanged":
         await _annotate(ctx, namespace, name, pods, desired)
-    was = previous.spend
     reset = was is not None and was.period_start != start and was.exceeded_at is not None
     poll = BudgetPoll(spend, verdict, outcome, exceeded, reset)
     await _report(ctx, runtime, budget, poll)

@@ -367,7 +367,9 @@ class SpendStatus(_StatusModel):
         default_factory=dict,
         description="Each pod's counters as last read: the next reading counts what they grew by.",
     )
-    updated_at: datetime | None = StatusField(default=None, description="The last reading.")
+    updated_at: datetime | None = StatusField(
+        default=None, description="The last reading that changed the spend."
+    )
 
 
 class OpenAiRuntimeStatus(_StatusModel):

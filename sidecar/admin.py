@@ -114,7 +114,7 @@ def budget_document(sidecar: Sidecar) -> dict[str, Any]:
 
 def spend_document(sidecar: Sidecar) -> dict[str, Any]:
     """USD since this process started, in all and per model, and which process it is."""
-    by_model = {model: round(t.usd, 10) for model, t in sorted(sidecar.spend.items())}
+    by_model = {model: round(t.usd, 10) for model, t in sorted(sidecar.spend.items()) if t.usd}
     return {
         "instance": sidecar.instance,
         "usd": round(sum(t.usd for t in sidecar.spend.values()), 10),

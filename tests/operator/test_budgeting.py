@@ -226,10 +226,14 @@ async def test_the_limit_flips_the_configmap_and_the_next_period_lifts_it(
     refused = await pods.call("a")
     assert refused is not None and refused.code == "budget_exceeded"
     assert int(refused.response.headers["retry-after"]) == pytest.approx(12 * 3600, abs=60)
-    # A poll with nothing new changes nothing and says nothing twice.
+    # A poll with nothing new (a refusal costs nothing) writes nothing, says nothing twice.
+    writes = len(cluster.requests("PATCH", "/openairuntimes/alpha/status"))
+    cluster.clock[0] = NOV.replace(minute=5)  # type: ignore[attr-defined]
     again = await poll_budget(ctx, NS, "alpha")
     assert again is not None and again.configmap == "unchanged" and not again.exceeded
     assert len(cluster.events("BudgetExceeded")) == 1
+    patches = cluster.requests("PATCH", "/openairuntimes/alpha/status")
+    assert len(patches) == writes, patches[-1].data
 
     # December: a new period. Spend starts at zero, the verdict goes, pods serve again.
     cluster.clock[0] = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)  # type: ignore[attr-defined]
