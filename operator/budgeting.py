@@ -3,7 +3,7 @@
 Where it sits in the flow::
 
     budget_forever (a background loop, every --budget-interval, acting replica only)
-      -> poll_budget(runtime with spec.budget)
+      -> poll_budget(each runtime reconciliation saw with a valid spec.budget)
            GET http://<podIP>:<admin port>/status  (each Running pod: spend)
            under the runtime's lock:
              .spending.account() -> status.spend, .spending.judge() -> BudgetWarning
@@ -41,7 +41,7 @@ from .models import (
 )
 from .posting import post_event
 from .reconciling import ensure_configmap, parse_spec, render_configmap
-from .resync import Acting, runtimes_in
+from .resync import Acting
 from .spending import (
     Reading,
     Verdict,
@@ -216,32 +216,24 @@ async def _report(
 
 
 async def budget_forever(
-    ctx: OperatorContext,
-    namespaces: Sequence[str],
-    interval: float,
-    *,
-    acting: Acting | None = None,
+    ctx: OperatorContext, interval: float, *, acting: Acting | None = None
 ) -> None:
-    """Every ``interval`` seconds, poll each runtime with a budget (until cancelled)."""
+    """Every ``interval`` seconds, poll each runtime with a budget (until cancelled).
+
+    Which runtimes have one is what reconciliation saw (:attr:`.OperatorContext.budgeted`,
+    filled on start-up as kopf resumes every runtime): no list request per pass.
+    """
     while True:
         await asyncio.sleep(interval)
         try:
             if acting is not None and not await acting():
                 continue
-            for raw in await runtimes_in(ctx, namespaces):
-                meta = raw.get("metadata") or {}
-                if not isinstance(raw.get("spec"), Mapping) or not raw["spec"].get("budget"):
-                    continue
-                try:
-                    await poll_budget(ctx, str(meta.get("namespace")), str(meta.get("name")))
-                except Exception as exc:
-                    # One runtime's failure must not starve the others' budgets.
-                    logger.error(
-                        "Budget poll of %s/%s failed: %s",
-                        meta.get("namespace"),
-                        meta.get("name"),
-                        exc,
-                        exc_info=exc,
-                    )
         except Exception as exc:
-            logger.error("Budget pass failed: %s", exc, exc_info=exc)
+            logger.error("Budget pass skipped: %s", exc, exc_info=exc)
+            continue
+        for namespace, name in sorted(ctx.budgeted):
+            try:
+                await poll_budget(ctx, namespace, name)
+            except Exception as exc:
+                # One runtime's failure must not starve the others' budgets.
+                logger.error("Budget poll of %s/%s failed: %s", namespace, name, exc, exc_info=exc)

@@ -194,7 +194,7 @@ def _register_startup(
 
     async def start_resync(**_: Any) -> None:
         ctx.background(resync_forever(ctx, namespaces, ctx.resync_interval, acting=acting))
-        ctx.background(budget_forever(ctx, namespaces, ctx.budget_interval, acting=acting))
+        ctx.background(budget_forever(ctx, ctx.budget_interval, acting=acting))
         if peering is not None and not peering.standalone:
             ctx.background(report_peering(lambda: ctx.api, peering))
         if webhook is not None:

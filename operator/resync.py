@@ -29,13 +29,12 @@ from .models import API_VERSION, KIND, PLURAL
 from .reconciling import reconcile
 from .rotation import as_body, nudge_pods
 
-__all__ = ["Acting", "resync_forever", "resync_once", "resync_one", "runtimes_in"]
+__all__ = ["Acting", "resync_forever", "resync_once", "resync_one"]
 
 logger = logging.getLogger(__name__)
 
 
-async def runtimes_in(ctx: OperatorContext, namespaces: Sequence[str]) -> list[dict[str, Any]]:
-    """Every runtime in the operator's scope (namespaces, or glob patterns as kopf takes them)."""
+async def _runtimes(ctx: OperatorContext, namespaces: Sequence[str]) -> list[dict[str, Any]]:
     if not namespaces or any(set(ns) & set("*?[!") for ns in namespaces):
         # Glob patterns (as kopf accepts them): list everything, keep what matches.
         every = await ctx.api.list_items(resource_path(API_VERSION, PLURAL))
@@ -91,7 +90,7 @@ async def resync_once(ctx: OperatorContext, namespaces: Sequence[str]) -> int:
     broken runtime must not starve the others. Listing errors propagate.
     """
     done = 0
-    for raw in await runtimes_in(ctx, namespaces):
+    for raw in await _runtimes(ctx, namespaces):
         try:
             await resync_one(ctx, raw)
         except Exception as exc:

@@ -10,6 +10,8 @@ pod-local parts, listeners, key file and upstream, are the test's).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -21,7 +23,11 @@ import openai
 import pytest
 import yaml
 
-from openai_runtime_operator.budgeting import ANNOTATION_CONFIG_VERSION, poll_budget
+from openai_runtime_operator.budgeting import (
+    ANNOTATION_CONFIG_VERSION,
+    budget_forever,
+    poll_budget,
+)
 from openai_runtime_operator.context import OperatorContext
 from openai_runtime_operator.convergence import ConvergenceSettings
 from openai_runtime_operator.reconciling import configmap_name
@@ -35,7 +41,7 @@ from openai_runtime_sidecar.runner import ManualClock
 from ..sidecar.test_rotation import eventually as settled
 from ..support import SecretVolume, free_port
 from .test_convergence import running
-from .test_operator import MERGE, NS, RUNTIMES, RUNTIMES_URL, Cluster, runtime
+from .test_operator import MERGE, NS, RUNTIMES, RUNTIMES_URL, Cluster, eventually, runtime
 
 NOV = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 IPS = {"a": "127.0.0.1", "b": "127.0.0.2", "c": "127.0.0.3"}
@@ -327,3 +333,31 @@ async def test_overshoot_is_bounded_by_what_is_spent_between_two_looks(
     else:
         assert overshoot <= every * len(IPS) * price
         assert spent > limit  # the looks alone let some through
+
+
+async def test_the_loop_polls_the_runtimes_reconciliation_saw_with_a_budget(
+    cluster: Cluster, pods: Pods
+) -> None:
+    ctx, kmock = cluster.ctx, cluster.kmock
+    raw = cluster.get(RUNTIMES, "alpha")
+    assert raw is not None
+    await resync_one(ctx, raw)
+    assert ctx.budgeted == {(NS, "alpha")}
+    listed = len(cluster.requests("GET", RUNTIMES_URL))
+    loop = asyncio.create_task(budget_forever(ctx, 0.001))
+    try:
+        await eventually(lambda: "spend" in cluster.status("alpha"), "the loop's first look")
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+    # It polled by name: no list of every runtime per pass.
+    lists = [r for r in cluster.requests("GET", RUNTIMES_URL) if str(r.url.path) == RUNTIMES_URL]
+    assert len(cluster.requests("GET", RUNTIMES_URL)) > listed and not lists
+
+    await kmock.patch(f"{RUNTIMES_URL}/alpha", json={"spec": {"budget": None}}, headers=MERGE)
+    raw = cluster.get(RUNTIMES, "alpha")
+    assert raw is not None
+    await resync_one(ctx, raw)
+    assert ctx.budgeted == set()
+    ctx.forget(NS, "alpha")
