@@ -42,7 +42,7 @@ def _sidecar(argv: Sequence[str]) -> int:
 # The `openai-runtime[operator]` extra: what the operator imports beyond the
 # sidecar's install (the sidecar image leaves them out). pydantic models the
 # runtime's status; the sidecar's config models are its own (runner/modeling.py).
-OPERATOR_EXTRA = ("kopf", "kubernetes", "cryptography", "pydantic")
+OPERATOR_EXTRA = ("kopf", "kubernetes", "cryptography", "pydantic", "tzdata")
 OPERATOR_INSTALL = "pip install 'openai-runtime[operator]'"
 
 
