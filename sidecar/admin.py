@@ -94,6 +94,21 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
         },
         "models": {"allow": config.models.allow, "default": config.models.default},
         "circuit": sidecar.runner.circuits.snapshot(),
+        "fallbacks": [
+            {
+                "name": backend.name,
+                "variant": backend.variant.name,
+                "upstream": backend.variant.chat_completions_url().split("?")[0],
+                "credential": {
+                    "fingerprint": backend.credentials.current.fingerprint
+                    if backend.credentials.current
+                    else None,
+                    "source": backend.credentials.ref.describe(),
+                },
+                "circuit": backend.circuits.snapshot(),
+            }
+            for backend in sidecar.runner.backends[1:]
+        ],
         "rateLimits": dict(sidecar.runner.limiter.snapshot()),
         "spend": {
             **spend_document(sidecar),

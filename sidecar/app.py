@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,13 @@ class SpendTotals:
             "usd": round(self.usd, 10),
             "estimatedUsd": round(self.estimated_usd, 10),
         }
+
+
+def _reloader(store: CredentialStore) -> Callable[[], None]:
+    def reload() -> None:
+        store.reload()
+
+    return reload
 
 
 class Sidecar:
@@ -206,9 +213,10 @@ class Sidecar:
             log.warning("connection limits change only on restart; other changes applied")
         if config.api_key != self.config.api_key:
             self.credentials.ref = config.api_key
-            self._watch_key()
             self.credentials.reload()
         self.runner.reconfigure(config)
+        if config.api_key != self.config.api_key or config.fallbacks != self.config.fallbacks:
+            self._watch_key()
         self.config = config
         self._label_models()
         self.config_generation += 1
@@ -218,14 +226,21 @@ class Sidecar:
         return True
 
     def _watch_key(self) -> None:
+        """Follow every key file: the primary's and each fallback's (rotated alike)."""
         interval = self.config.watch.interval
-        for replaced in [w for w in self._watchers if w.on_change == self._on_key_change]:
+        for replaced in [w for w in self._watchers if w.on_change != self._on_config_change]:
             replaced.cancel()  # else its task would poll the old file until the loop ends
             self._watchers.remove(replaced)
-        # The store's ref, not self.config's: a reload sets it before self.config.
-        key_file = self.credentials.ref.file
-        if key_file is not None:
-            watcher = FileWatcher(key_file, self._on_key_change, interval=interval)
+        # The stores' refs, not self.config's: a reload sets them before self.config.
+        followed: list[tuple[str | None, Callable[[], None]]] = [
+            (self.credentials.ref.file, self._on_key_change)
+        ]
+        for backend in self.runner.backends[1:]:
+            followed.append((backend.credentials.ref.file, _reloader(backend.credentials)))
+        for key_file, on_change in followed:
+            if key_file is None:
+                continue
+            watcher = FileWatcher(key_file, on_change, interval=interval)
             self._watchers.append(watcher)
             if self._api is not None:
                 watcher.start()

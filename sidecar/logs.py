@@ -232,4 +232,5 @@ def request_fields(
         "ttfb_ms": _ms(info.time_to_first_byte) if info is not None else None,
         "request_id": info.request_id if info is not None else None,
         "credential_fingerprint": info.credential_fingerprint if info is not None else None,
+        "backend": info.backend if info is not None else None,
     }

@@ -550,6 +550,7 @@ def _span_attributes(info: CallOutcome) -> dict[str, AttributeValue]:
         "gen_ai.response.finish_reasons": list(info.finish_reasons) or None,
         "openai_runtime.upstream.request_id": info.request_id,
         "openai_runtime.credential.fingerprint": info.credential_fingerprint,
+        "openai_runtime.backend": info.backend,
         "gen_ai.usage.input_tokens": usage.prompt_tokens if usage else None,
         "gen_ai.usage.output_tokens": usage.completion_tokens if usage else None,
         "openai_runtime.usage.cached_tokens": usage.cached_tokens if usage else None,

@@ -23,6 +23,7 @@ __all__ = [
     "CircuitBreakerSettings",
     "ConfigModel",
     "DirectVariant",
+    "FallbackSettings",
     "OpenAiConfig",
     "RateLimitSettings",
     "RetrySettings",
@@ -270,6 +271,29 @@ class BudgetSettings(ConfigModel):
         return datetime.datetime.fromisoformat(self.blocked_until).timestamp()
 
 
+class FallbackSettings(ConfigModel):
+    """Another upstream, tried in order when the ones before it fail (``fallbacks``).
+
+    It has its own key (watched for rotation like the primary's), breakers
+    and prices. ``models`` maps the name an app asks for to this backend's:
+    the model sent upstream (direct) or the deployment called (Azure);
+    unmapped names go as they are (direct) or to the variant's deployment.
+    """
+
+    name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Names the backend in logs and /status (a DNS label).",
+    )
+    variant: Variant
+    api_key: SecretRef
+    models: dict[str, Annotated[str, Rule(min_length=1)]] = Field(
+        default_factory=dict, description="App model -> this backend's model or deployment."
+    )
+    pricing: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="Per-model price overrides, USD per 1M tokens."
+    )
+
+
 class OpenAiConfig(ConfigModel):
     """Everything the runner needs to talk to one OpenAI or Azure OpenAI upstream."""
 
@@ -283,6 +307,19 @@ class OpenAiConfig(ConfigModel):
         default_factory=dict, description="Per-model price overrides, USD per 1M tokens."
     )
     budget: BudgetSettings = BudgetSettings()
+    fallbacks: list[FallbackSettings] = Field(
+        default_factory=list,
+        max_length=4,
+        description=(
+            "Upstreams tried in order after this one on a 429 (not insufficient_quota), a "
+            "5xx, a timeout, a transport error or an open circuit, within the same attempts."
+        ),
+    )
+
+    def __validate__(self) -> None:
+        names = [f.name for f in self.fallbacks]
+        if len(set(names)) != len(names) or "primary" in names:
+            raise ValueError("fallback names must be unique and not 'primary'")
 
     @classmethod
     def defaults_for_openai(cls, api_key: SecretRef, **overrides: Any) -> OpenAiConfig:

@@ -41,6 +41,7 @@ from .tokens import max_output_tokens
 from .transport import Body, UpstreamResponse
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .runner import AttemptObserver, OpenAiRunner
 
 __all__ = ["ProxiedCall", "ProxyRequest", "proxy"]
@@ -109,33 +110,62 @@ def _estimate(request: ProxyRequest) -> tuple[int, int]:
     return prompt, output or max_output_tokens(payload, default=1024)
 
 
-def _circuit(runner: OpenAiRunner, request: ProxyRequest) -> str:
+def _scope(runner: OpenAiRunner, request: ProxyRequest) -> Callable[[Backend], str]:
     """The breaker scope: Azure's deployment for per-deployment calls, else the model."""
-    variant = runner.config.variant.selected
-    per_deployment = request.operation.per_deployment and not request.azure_v1
-    if isinstance(variant, AzureVariant) and per_deployment:
-        return runner.circuit_scope(None, request.deployment)
-    return request.model or ""
+
+    def scope(backend: Backend) -> str:
+        if not backend.primary:
+            return backend.scope(request.model, request.deployment)
+        per_deployment = request.operation.per_deployment and not request.azure_v1
+        if isinstance(backend.variant, AzureVariant) and per_deployment:
+            return runner.circuit_scope(None, request.deployment)
+        return request.model or ""
+
+    return scope
 
 
-def _target(runner: OpenAiRunner, request: ProxyRequest) -> str:
-    variant = runner.config.variant.selected
+def _pool(runner: OpenAiRunner, request: ProxyRequest) -> tuple[Backend, ...]:
+    """The backends that may serve ``request``: fallbacks only for inference on a JSON body
+    kept in memory (what can be sent again, and named by its model everywhere)."""
+    portable = (
+        request.operation.inference
+        and request.payload is not None
+        and isinstance(request.body, bytes)
+        and not request.azure_v1
+    )
+    return runner.backends if portable else runner.backends[:1]
+
+
+def _target(backend: Backend, request: ProxyRequest) -> tuple[str, Body]:
+    """Where ``request`` goes at ``backend``, and the body it goes with."""
+    variant = backend.variant
+    body = request.body
     if not isinstance(variant, AzureVariant):
-        return upstream_url(
+        url = upstream_url(
             "direct", variant.endpoint, request.operation, request.path, query=request.query
         )
+        mapped = backend.upstream_model(request.model)
+        if mapped != request.model and request.payload is not None:
+            body = jsoncodec.dumps({**request.payload, "model": mapped})
+        return url, body
     if request.azure_v1:
         url = f"{variant.base_url()}/openai/v1{request.path}"
-        return f"{url}?{request.query}" if request.query else url
-    return upstream_url(
+        return (f"{url}?{request.query}" if request.query else url), body
+    deployment: str | None
+    if backend.primary:
+        deployment = request.deployment or variant.deployment
+    else:
+        deployment = backend.deployment(request.model, request.deployment)
+    url = upstream_url(
         "azure",
         variant.base_url(),
         request.operation,
         request.path,
-        deployment=request.deployment or variant.deployment,
+        deployment=deployment,
         api_version=variant.api_version,
         query=request.query,
     )
+    return url, body
 
 
 async def proxy(
@@ -149,20 +179,20 @@ async def proxy(
         request_model=request.model,
         started_at=runner.clock.monotonic(),
     )
-    url = _target(runner, request)
     prompt, output = _estimate(request)
     permit = await runner._admit(ledger, prompt + output, spends=request.method == "POST")
 
     async def send(
-        snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
+        backend: Backend, snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
     ) -> UpstreamResponse:
+        url, body = _target(backend, request)
         headers = dict(extra)
-        headers.update(runner.config.variant.selected.auth_headers(snapshot.value))
+        headers.update(backend.variant.auth_headers(snapshot.value))
         headers["User-Agent"] = USER_AGENT
         response = await runner.transport.request(
-            request.method, url, headers, request.body, stream=request.stream, budget=budget
+            request.method, url, headers, body, stream=request.stream, budget=budget
         )
-        runner._observe(ledger, response.headers)
+        runner._observe(ledger, response.headers, backend)
         if not 200 <= response.status < 300:
             raw = await response.read()
             now = runner.clock.time()
@@ -176,7 +206,8 @@ async def proxy(
         request.headers,
         observer,
         _may_retry(request),
-        circuit=_circuit(runner, request),
+        scope=_scope(runner, request),
+        pool=_pool(runner, request),
     )
     runner._opened(ledger, response.status)
     return ProxiedCall(runner, request, response, ledger, permit)
@@ -201,6 +232,7 @@ class ProxiedCall:
         permit: RatePermit,
     ) -> None:
         self._runner = runner
+        self._backend = ledger.backend
         self._request = request
         self._response = response
         self._ledger = ledger
@@ -293,7 +325,10 @@ class ProxiedCall:
         if self._usage is None or not isinstance(usage, dict):
             return
         cost = self._runner.price(
-            self._usage, model=self.response_model, fallback_model=self._request.model
+            self._usage,
+            model=self.response_model,
+            fallback_model=self._request.model,
+            backend=self._backend,
         )
         if not cost.priced:
             return

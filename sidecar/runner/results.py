@@ -95,6 +95,8 @@ class CallOutcome:
     rate_limits: RateLimitHeaders = field(default_factory=RateLimitHeaders)
     attempts: int = 0
     credential_fingerprint: str | None = None
+    backend: str = "primary"
+    """Which backend answered (or was asked last): ``primary`` or a fallback's name."""
     started_at: float = 0.0
     time_to_first_byte: float | None = None
     """Seconds from the call's start until upstream's first body bytes (streams)."""
@@ -143,6 +145,7 @@ class CallLedger:
     rate_limits: RateLimitHeaders = field(default_factory=RateLimitHeaders)
     attempts: int = 0
     credential_fingerprint: str | None = None
+    backend: str = "primary"
     time_to_first_byte: float | None = None
     cost: Cost | None = None
 

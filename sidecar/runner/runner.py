@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from . import jsoncodec
+from .backends import PRIMARY, Backend, fails_over
 from .breaker import CircuitBreakers, CircuitPermits
 from .budgets import BudgetGate
 from .clock import Clock, SystemClock
@@ -40,6 +41,7 @@ from .config import AzureVariant, OpenAiConfig
 from .credentials import CredentialSnapshot, CredentialStore
 from .errors import (
     AuthenticationFailed,
+    CircuitOpen,
     RunnerError,
     TransportError,
     UpstreamError,
@@ -58,6 +60,10 @@ from .transport import Transport
 __all__ = ["AttemptObserver", "ChatStream", "OpenAiRunner"]
 
 T = TypeVar("T")
+Send = Callable[[Backend, CredentialSnapshot, dict[str, str], float], Awaitable[T]]
+"""One attempt: to this backend, with this key, these headers, within this many seconds."""
+Picked = tuple[int, Backend, CircuitPermits]
+"""A backend's index, the backend and its breakers' permit for one attempt."""
 
 # Without max_tokens, the limiter pre-charges this many output tokens; the
 # real usage corrects the charge as soon as the call ends.
@@ -103,6 +109,7 @@ class OpenAiRunner:
         self.circuits = CircuitBreakers(config.circuit_breaker, self.clock)
         self.limiter = RateLimiter(config.rate_limits, self.clock)
         self.budget = BudgetGate(config.budget, self.clock)
+        self._fallback_state: dict[str, tuple[CredentialStore, CircuitBreakers]] = {}
         self._apply(config)
 
     def _apply(self, config: OpenAiConfig) -> None:
@@ -114,6 +121,27 @@ class OpenAiRunner:
         self._variant = variant
         self._url = variant.chat_completions_url()
         self._server_address = urlsplit(self._url).hostname or ""
+        primary = Backend(PRIMARY, variant, self.credentials, self.circuits, self.pricing)
+        self.backends: tuple[Backend, ...] = (primary, *self._fallbacks(config))
+
+    def _fallbacks(self, config: OpenAiConfig) -> list[Backend]:
+        """The fallbacks' backends; a key store and breakers outlive a reload that keeps them."""
+        kept, built = self._fallback_state, []
+        self._fallback_state = {}
+        for fallback in config.fallbacks:
+            store, circuits = kept.get(fallback.name, (None, None))
+            if store is None or store.ref != fallback.api_key:
+                store = CredentialStore(fallback.api_key)
+                store.reload()
+            if circuits is None or circuits.settings != config.circuit_breaker:
+                circuits = CircuitBreakers(config.circuit_breaker, self.clock)
+            self._fallback_state[fallback.name] = (store, circuits)
+            pricing = self._base_pricing.with_overrides({**config.pricing, **fallback.pricing})
+            variant = fallback.variant.selected
+            built.append(
+                Backend(fallback.name, variant, store, circuits, pricing, dict(fallback.models))
+            )
+        return built
 
     def _chat_url(self, deployment: str | None, api_version: str | None) -> str:
         if (deployment or api_version) and isinstance(self._variant, AzureVariant):
@@ -143,6 +171,16 @@ class OpenAiRunner:
             # A new judgement of the operator's: a share counts from its writing.
             self.budget = BudgetGate(config.budget, self.clock)
         self._apply(config)
+
+    def scopes(self, model: str | None, deployment: str | None = None) -> Callable[[Backend], str]:
+        """A call's breaker scope on each backend (see :meth:`circuit_scope`)."""
+
+        def scope(backend: Backend) -> str:
+            if backend.primary:
+                return self.circuit_scope(model, deployment)
+            return backend.scope(model, deployment)
+
+        return scope
 
     def circuit_scope(self, model: str | None, deployment: str | None = None) -> str:
         """The breaker scope of a call: what fails together with it upstream.
@@ -196,20 +234,51 @@ class OpenAiRunner:
             ledger.usage_requested = ask_for_usage(payload)
         return jsoncodec.dumps(payload)
 
+    def _route(
+        self,
+        body: Mapping[str, Any],
+        data: bytes,
+        deployment: str | None,
+        api_version: str | None,
+    ) -> Callable[[Backend], tuple[str, bytes]]:
+        """Where a chat call goes at each backend, and the payload it goes with there."""
+        primary = (self._chat_url(deployment, api_version), data)
+        model = _text(body.get("model"))
+        routes: dict[str, tuple[str, bytes]] = {}
+
+        def route(backend: Backend) -> tuple[str, bytes]:
+            if backend.primary:
+                return primary
+            found = routes.get(backend.name)
+            if found is None:
+                payload = data
+                mapped = backend.upstream_model(model)
+                if mapped != model and not isinstance(backend.variant, AzureVariant):
+                    document = jsoncodec.loads(data)
+                    document["model"] = mapped
+                    payload = jsoncodec.dumps(document)
+                found = routes[backend.name] = (backend.chat_url(model, deployment), payload)
+            return found
+
+        return route
+
     def _headers(
         self,
+        backend: Backend,
         snapshot: CredentialSnapshot,
         extra: Mapping[str, str] | None,
         stream: bool,
     ) -> dict[str, str]:
         headers = dict(extra or {})
-        headers.update(self._variant.auth_headers(snapshot.value))
+        headers.update(backend.variant.auth_headers(snapshot.value))
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "text/event-stream" if stream else "application/json"
         headers["User-Agent"] = USER_AGENT
         return headers
 
-    def _observe(self, ledger: CallLedger, headers: Mapping[str, str]) -> None:
+    def _observe(
+        self, ledger: CallLedger, headers: Mapping[str, str], backend: Backend | None = None
+    ) -> None:
         ledger.request_id = headers.get("x-request-id") or headers.get("apim-request-id")
         raw_ms = headers.get("openai-processing-ms")
         try:
@@ -219,22 +288,29 @@ class OpenAiRunner:
         limits = parse_rate_limit_headers(headers)
         if not limits.empty:
             ledger.rate_limits = limits
-            self.limiter.observe_headers(limits)
+            if backend is None or backend.primary:
+                # The limiter admits calls for the primary's budget; a fallback's
+                # headers say nothing of it.
+                self.limiter.observe_headers(limits)
 
     async def _attempts(
         self,
         ledger: CallLedger,
-        send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
+        send: Send[T],
         extra_headers: Mapping[str, str] | None,
         observer: AttemptObserver | None,
         retryable: Callable[[RunnerError], bool] | None,
-        circuit: str,
+        scope: Callable[[Backend], str],
+        pool: tuple[Backend, ...],
     ) -> T:
         """Run attempts until one succeeds or the policy gives up.
 
         ``retryable`` narrows the policy for calls that must not be repeated
-        once upstream may have seen them (see :mod:`.proxying`); ``circuit``
-        names the breaker scope (:meth:`circuit_scope`). The helpers below
+        once upstream may have seen them (see :mod:`.proxying`); ``scope``
+        names a backend's breaker scope (:meth:`circuit_scope` for the
+        primary). A failure that another backend may serve (:func:`fails_over`)
+        moves the next attempt to the next backend at once; any other retry
+        waits and starts again from the first (:meth:`_backend`). The helpers
         are plain functions on purpose: each coroutine layer between the
         handler and the transport costs a frame on every resume.
         """
@@ -243,21 +319,33 @@ class OpenAiRunner:
         reread = False
         attempt = 0
         last_error: RunnerError | None = None
+        picked: Picked | None = None
         while True:
             attempt += 1
             ledger.attempts = attempt
+            if picked is None:
+                picked = self._backend(pool, scope, ledger, attempt, last_error)
+            index, backend, permit = picked
+            picked = None
+            if not backend.primary:
+                snapshot = backend.credentials.require()
             ledger.credential_fingerprint = snapshot.fingerprint
-            permit = self._permit(circuit, ledger, attempt, last_error)
+            ledger.backend = backend.name
             headers = dict(extra_headers or {})
             if observer is not None:
                 headers.update(observer.attempt_started(attempt))
             try:
                 budget = deadline - self.clock.monotonic()
-                result = await send(snapshot, headers, budget)
+                result = await send(backend, snapshot, headers, budget)
             except RunnerError as err:
                 last_error = err
                 self._settle_failure(permit, err, attempt, observer)
-                if not reread and isinstance(err, AuthenticationFailed) and err.status == 401:
+                if (
+                    not reread
+                    and backend.primary
+                    and isinstance(err, AuthenticationFailed)
+                    and err.status == 401
+                ):
                     # Once per call: enough to catch a rotation that landed
                     # mid-call, never a loop on keys that keep changing.
                     reread = True
@@ -265,11 +353,18 @@ class OpenAiRunner:
                     if fresh is not None:
                         snapshot = fresh
                         continue
+                if index + 1 < len(pool) and self._failover(err, attempt, deadline, retryable):
+                    # The next backend that admits the call, if any; else as without one.
+                    found = self._admitting(pool, index + 1, scope)
+                    if not isinstance(found, RunnerError):
+                        picked = found
+                        continue
                 delay = self._retry_delay(err, attempt, deadline, retryable)
                 if delay is None:
                     err.attempts = attempt
                     raise
                 await self.clock.sleep(delay)
+                snapshot = self.credentials.require()
             except BaseException:
                 permit.release()
                 raise
@@ -279,20 +374,60 @@ class OpenAiRunner:
                     observer.attempt_finished(attempt, 200, None)
                 return result
 
-    def _permit(
-        self, circuit: str, ledger: CallLedger, attempt: int, last_error: RunnerError | None
-    ) -> CircuitPermits:
-        """The breakers' permit for this attempt, or the error that ends the call."""
-        try:
-            return self.circuits.acquire(circuit)
-        except RunnerError as err:
-            if last_error is None:
-                err.attempts = 0
-                raise
-            # Our own failures opened the breaker mid-retry: what the caller
-            # needs to see is upstream's last answer, not our refusal.
-            ledger.attempts = last_error.attempts = attempt - 1
-            raise last_error from None
+    def _failover(
+        self,
+        err: RunnerError,
+        attempt: int,
+        deadline: float,
+        retryable: Callable[[RunnerError], bool] | None,
+    ) -> bool:
+        """Whether the next attempt goes to the next backend, at once."""
+        return (
+            fails_over(err)
+            and attempt < self._config.retry.max_attempts
+            and deadline > self.clock.monotonic()
+            and (retryable is None or retryable(err))
+        )
+
+    @staticmethod
+    def _admitting(
+        pool: tuple[Backend, ...], start: int, scope: Callable[[Backend], str]
+    ) -> Picked | RunnerError:
+        """The first backend of ``pool`` from ``start`` whose breakers admit the call and
+        whose key is loaded, with its permit; else the first refusal."""
+        refused: RunnerError | None = None
+        for index in range(start, len(pool)):
+            backend = pool[index]
+            if not backend.primary and backend.credentials.current is None:
+                continue
+            try:
+                return index, backend, backend.circuits.acquire(scope(backend))
+            except RunnerError as err:
+                refused = refused or err
+        # Only fallbacks were left, none with a key: as if their breakers were open.
+        return refused or CircuitOpen("no fallback has an API key", retry_after=0.0)
+
+    def _backend(
+        self,
+        pool: tuple[Backend, ...],
+        scope: Callable[[Backend], str],
+        ledger: CallLedger,
+        attempt: int,
+        last_error: RunnerError | None,
+    ) -> Picked:
+        """Where an attempt goes: the first backend that admits it; else the error that
+        ends the call."""
+        found = self._admitting(pool, 0, scope)
+        if not isinstance(found, RunnerError):
+            return found
+        refused = found
+        if last_error is None:
+            refused.attempts = 0
+            raise refused
+        # Our own failures opened the breaker mid-retry: what the caller
+        # needs to see is upstream's last answer, not our refusal.
+        ledger.attempts = last_error.attempts = attempt - 1
+        raise last_error from None
 
     @staticmethod
     def _settle_failure(
@@ -345,16 +480,12 @@ class OpenAiRunner:
         model: str | None,
         fallback_model: str | None,
         estimated: bool = False,
+        backend: str = PRIMARY,
     ) -> Cost:
-        """What ``usage`` costs, priced by the answer's ``model`` (else the request's)."""
-        return self.pricing.cost(
-            model=model,
-            fallback_model=fallback_model,
-            prompt_tokens=usage.prompt_tokens,
-            cached_tokens=usage.cached_tokens,
-            completion_tokens=usage.completion_tokens,
-            estimated=estimated,
-        )
+        """What ``usage`` costs at ``backend``, priced by the answer's ``model``
+        (else the request's)."""
+        chosen = next((b for b in self.backends if b.name == backend), self.backends[0])
+        return chosen.price(usage, model=model, fallback_model=fallback_model, estimated=estimated)
 
     def _conclude(
         self,
@@ -381,6 +512,7 @@ class OpenAiRunner:
                 model=ledger.response_model,
                 fallback_model=ledger.request_model,
                 estimated=ledger.usage_estimated,
+                backend=ledger.backend,
             )
             self.budget.spent(ledger.cost.usd)
             permit.settle(usage.total_tokens)
@@ -427,16 +559,22 @@ class OpenAiRunner:
         self,
         ledger: CallLedger,
         rate_permit: RatePermit,
-        send: Callable[[CredentialSnapshot, dict[str, str], float], Awaitable[T]],
+        send: Send[T],
         extra_headers: Mapping[str, str] | None,
         observer: AttemptObserver | None,
         retryable: Callable[[RunnerError], bool] | None = None,
         *,
-        circuit: str,
+        scope: Callable[[Backend], str],
+        pool: tuple[Backend, ...] | None = None,
     ) -> T:
-        """The attempts of one admitted call; a failure settles the books before it is raised."""
+        """The attempts of one admitted call; a failure settles the books before it is raised.
+
+        ``pool``: the backends this call may go to (all of them by default).
+        """
         try:
-            return await self._attempts(ledger, send, extra_headers, observer, retryable, circuit)
+            return await self._attempts(
+                ledger, send, extra_headers, observer, retryable, scope, pool or self.backends
+            )
         except RunnerError as err:
             self._conclude(ledger, rate_permit, None, err)
             raise
@@ -459,15 +597,20 @@ class OpenAiRunner:
         app called) replace the configured ones for this call.
         """
         ledger, data, _, rate_permit = await self._begin(body, stream=False)
-        url = self._chat_url(deployment, api_version)
+        route = self._route(body, data, deployment, api_version)
 
         async def send(
-            snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
+            backend: Backend, snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
         ) -> tuple[int, CIMultiDict[str], bytes, dict[str, Any]]:
+            url, sent = route(backend)
             response = await self.transport.send(
-                url, self._headers(snapshot, extra, False), data, stream=False, budget=budget
+                url,
+                self._headers(backend, snapshot, extra, False),
+                sent,
+                stream=False,
+                budget=budget,
             )
-            self._observe(ledger, response.headers)
+            self._observe(ledger, response.headers, backend)
             raw = await response.read()
             upstream_headers = CIMultiDict(response.headers)
             if not 200 <= response.status < 300:
@@ -500,7 +643,7 @@ class OpenAiRunner:
             send,
             headers,
             observer,
-            circuit=self.circuit_scope(ledger.request_model, deployment),
+            scope=self.scopes(ledger.request_model, deployment),
         )
         ledger.status = status
         ledger.response_model = _text(payload.get("model"))
@@ -531,24 +674,29 @@ class OpenAiRunner:
         raised while iterating the returned :class:`ChatStream`.
         """
         ledger, data, prompt, rate_permit = await self._begin(body, stream=True)
-        url = self._chat_url(deployment, api_version)
+        route = self._route(body, data, deployment, api_version)
 
         async def send(
-            snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
+            backend: Backend, snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
         ) -> StreamAttempt:
+            url, sent = route(backend)
             response = await self.transport.send(
-                url, self._headers(snapshot, extra, True), data, stream=True, budget=budget
+                url,
+                self._headers(backend, snapshot, extra, True),
+                sent,
+                stream=True,
+                budget=budget,
             )
-            self._observe(ledger, response.headers)
+            self._observe(ledger, response.headers, backend)
             return await open_stream(
                 response,
                 usage_requested=ledger.usage_requested,
                 now=self.clock.time(),
-                price=self.price,
+                price=backend.price,
                 request_model=ledger.request_model,
             )
 
-        circuit = self.circuit_scope(ledger.request_model, deployment)
-        attempt = await self._call(ledger, rate_permit, send, headers, observer, circuit=circuit)
+        scope = self.scopes(ledger.request_model, deployment)
+        attempt = await self._call(ledger, rate_permit, send, headers, observer, scope=scope)
         self._opened(ledger, attempt.status)
         return ChatStream(self, attempt, ledger, rate_permit, prompt)

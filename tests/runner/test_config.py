@@ -383,6 +383,7 @@ def test_dump_is_camel_case_with_duration_strings() -> None:
         "timeouts",
         "pricing",
         "budget",
+        "fallbacks",
     }
     assert dumped["rateLimits"] == {
         "requestsPerMinute": 500,

@@ -179,6 +179,7 @@ def test_request_fields_from_a_full_call() -> None:
         "ttfb_ms": 250.5,
         "request_id": "req-9",
         "credential_fingerprint": "sha256:0123456789ab",
+        "backend": "primary",
     }
 
 

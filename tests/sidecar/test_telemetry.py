@@ -198,6 +198,7 @@ def test_call_span_attributes(telemetry: Telemetry, exporter: InMemorySpanExport
         "openai_runtime.attempts": 1,
         "openai_runtime.upstream.request_id": "req-abc",
         "openai_runtime.credential.fingerprint": FINGERPRINT,
+        "openai_runtime.backend": "primary",
         "http.response.status_code": 200,
     }
     assert call.status.status_code is StatusCode.UNSET

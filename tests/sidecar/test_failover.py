@@ -1,0 +1,205 @@
+"""Failover across backends, as an app sees it: the official SDK, a real sidecar, two upstreams.
+
+Backend A (the primary) is the fake upstream of the other sidecar tests;
+backend B is a second one with a key of its own. A fake upstream fails a
+call whose model is ``fake-<scenario>``; B's model map sends such names to
+``gpt-4o-mini``, so one app request fails on A and can succeed on B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from openai_runtime_sidecar.admin import status_document
+from openai_runtime_sidecar.app import Sidecar
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
+from openai_runtime_sidecar.runner import ManualClock
+from openai_runtime_sidecar.runner.credentials import fingerprint
+from tests.support import SecretVolume, unaccepting_port
+
+from .conftest import SidecarFactory
+from .test_rotation import eventually
+
+B_KEY = "sk-backend-b-0000000000000000"
+FAILING = ("server-error", "overloaded", "rate-limit", "insufficient-quota", "context-length")
+
+
+@pytest.fixture
+async def backend_b() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream(keys={B_KEY})
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+def b_key(tmp_path: Path) -> SecretVolume:
+    volume = SecretVolume(tmp_path / "secret-b")
+    volume.write(B_KEY)
+    return volume
+
+
+def fallback(b: FakeUpstream, key: SecretVolume) -> dict[str, Any]:
+    models = {f"fake-{name}": "gpt-4o-mini" for name in (*FAILING, "reset-mid-stream")}
+    return {
+        "name": "b",
+        "variant": {"direct": {"endpoint": b.url + "/v1"}},
+        "apiKey": {"file": str(key.path)},
+        "models": models,
+    }
+
+
+def client(sidecar: Sidecar) -> openai.AsyncOpenAI:
+    # The SDK's own retries off: every recovery seen here is the sidecar's.
+    return openai.AsyncOpenAI(base_url=sidecar.api_url + "/v1", api_key="x", max_retries=0)
+
+
+def chat(model: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("scenario", ["server-error", "overloaded", "rate-limit"])
+async def test_a_failing_primary_is_served_by_the_fallback_with_no_app_visible_error(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+    scenario: str,
+) -> None:
+    clock = ManualClock(auto_advance=True)
+    sidecar = await make_sidecar(clock=clock, fallbacks=[fallback(backend_b, b_key)])
+    async with client(sidecar) as sdk:
+        raw = await sdk.chat.completions.with_raw_response.create(**chat(f"fake-{scenario}"))
+    answer = raw.parse()
+    assert answer.choices[0].message.content
+    assert raw.headers["x-openai-runtime-attempts"] == "2"
+    assert [r.model for r in upstream.requests] == [f"fake-{scenario}"]
+    [served] = backend_b.requests
+    assert served.model == "gpt-4o-mini"  # the fallback's name for what the app asked
+    assert served.key_fingerprint == fingerprint(B_KEY)  # its own key
+    assert clock.sleeps == []  # no backoff: another backend is not a retry of the same
+    assert float(raw.headers["x-openai-runtime-cost-usd"]) > 0  # priced at B
+
+
+@pytest.mark.parametrize(
+    ("scenario", "error"),
+    [
+        ("insufficient-quota", openai.RateLimitError),
+        ("context-length", openai.BadRequestError),
+    ],
+)
+async def test_quota_and_request_errors_never_fail_over(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+    scenario: str,
+    error: type[Exception],
+) -> None:
+    sidecar = await make_sidecar(fallbacks=[fallback(backend_b, b_key)])
+    async with client(sidecar) as sdk:
+        with pytest.raises(error):
+            await sdk.chat.completions.create(**chat(f"fake-{scenario}"))
+    assert len(upstream.requests) == 1 and backend_b.requests == []
+
+
+async def test_a_stream_fails_over_before_its_first_byte_never_after(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+) -> None:
+    sidecar = await make_sidecar(fallbacks=[fallback(backend_b, b_key)])
+    async with client(sidecar) as sdk:
+        stream = await sdk.chat.completions.create(**chat("fake-server-error"), stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text and len(backend_b.requests) == 1
+
+        # Broken after two chunks: the app sees the break; B is never asked.
+        stream = await sdk.chat.completions.create(**chat("fake-reset-mid-stream"), stream=True)
+        with pytest.raises(openai.APIError):
+            async for _ in stream:
+                pass
+    assert len(backend_b.requests) == 1
+    assert [r.model for r in upstream.requests] == ["fake-server-error", "fake-reset-mid-stream"]
+
+
+async def test_an_unreachable_primary_is_skipped_until_it_recovers(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+) -> None:
+    clock = ManualClock(auto_advance=True)
+    breaker = {"failureThreshold": 2, "openDuration": "30s"}
+    sidecar = await make_sidecar(
+        clock=clock, circuitBreaker=breaker, fallbacks=[fallback(backend_b, b_key)]
+    )
+    port = int(upstream.url.rsplit(":", 1)[1])
+    await upstream.stop()  # A goes down: connections are refused
+    async with client(sidecar) as sdk:
+        for _ in range(4):
+            answer = await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+            assert answer.choices[0].message.content
+        # Two refusals opened A's breaker; since then B alone was asked.
+        assert len(backend_b.requests) == 4
+        assert sidecar.runner.circuits.snapshot()["host"]["state"] == "open"
+        [shown] = status_document(sidecar)["fallbacks"]
+        assert (shown["name"], shown["credential"]["fingerprint"]) == ("b", fingerprint(B_KEY))
+        assert shown["circuit"]["host"]["state"] == "closed"
+
+        # A is back; once its breaker lets a probe through, traffic returns to it.
+        await upstream.start(port=port)
+        clock.advance(30)
+        answer = await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+        assert answer.choices[0].message.content
+        assert len(upstream.requests) == 1 and len(backend_b.requests) == 4
+        await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+        assert len(upstream.requests) == 2
+
+
+async def test_a_primary_that_hangs_on_connect_fails_over(
+    make_sidecar: SidecarFactory, backend_b: FakeUpstream, b_key: SecretVolume
+) -> None:
+    with unaccepting_port() as port:
+        sidecar = await make_sidecar(
+            variant={"direct": {"endpoint": f"http://127.0.0.1:{port}/v1"}},
+            timeouts={"connect": "200ms"},
+            fallbacks=[fallback(backend_b, b_key)],
+        )
+        async with client(sidecar) as sdk:
+            answer = await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+    assert answer.choices[0].message.content and len(backend_b.requests) == 1
+
+
+async def test_embeddings_fail_over_and_the_fallback_key_rotates(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+) -> None:
+    sidecar = await make_sidecar(fallbacks=[fallback(backend_b, b_key)])
+    port = int(upstream.url.rsplit(":", 1)[1])
+    await upstream.stop()
+    async with client(sidecar) as sdk:
+        vectors = await sdk.embeddings.create(model="text-embedding-3-small", input="hi")
+        assert vectors.data and len(backend_b.requests) == 1
+        # B's Secret rotates: the fallback's key follows without a restart.
+        new_key = "sk-backend-b-rotated-111111111"
+        backend_b.set_keys({new_key})
+        b_key.write(new_key)
+        [store] = [b.credentials for b in sidecar.runner.backends if b.name == "b"]
+        await eventually(
+            lambda: store.current is not None and store.current.fingerprint == fingerprint(new_key),
+            "the fallback's key file followed",
+        )
+        await sdk.embeddings.create(model="text-embedding-3-small", input="hi")
+        assert backend_b.requests[-1].key_fingerprint == fingerprint(new_key)
+    await upstream.start(port=port)
