@@ -83,6 +83,18 @@ RULES: Mapping[tuple[str, ...], list[dict[str, str]]] = {
             "message": "set variant.azure.resource or variant.azure.endpoint",
         }
     ],
+    ("spec", "fallbacks", "[]", "variant"): [
+        {
+            "rule": "has(self.direct) != has(self.azure)",
+            "message": "set exactly one of direct or azure in each fallback's variant",
+        }
+    ],
+    ("spec", "fallbacks", "[]", "variant", "azure"): [
+        {
+            "rule": "has(self.resource) || has(self.endpoint)",
+            "message": "set resource or endpoint in each fallback's azure variant",
+        }
+    ],
     ("spec", "models"): [
         {
             "rule": (

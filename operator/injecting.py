@@ -34,6 +34,7 @@ from openai_runtime_sidecar.contract import (
     API_PORT,
     CONFIG_DIR,
     CONFIG_FILE,
+    FALLBACK_KEY_DIR,
     HEALTHZ_PATH,
     KEY_DIR,
     READYZ_PATH,
@@ -76,6 +77,7 @@ PLACEHOLDER_API_KEY = "injected-by-openai-runtime"
 """What apps see as OPENAI_API_KEY: the SDK insists on one; the sidecar holds the real key."""
 CONFIG_VOLUME = "openai-runtime-config"
 KEY_VOLUME = "openai-runtime-key"
+_MAX_FALLBACKS = 4  # OpenAiRuntimeSpec.fallbacks' bound
 DENIED = 403
 
 
@@ -127,6 +129,14 @@ def _sidecar_container(spec: OpenAiRuntimeSpec) -> dict[str, Any]:
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": True},
+            *(
+                {
+                    "name": fallback_volume(index),
+                    "mountPath": f"{FALLBACK_KEY_DIR}/{fallback.name}",
+                    "readOnly": True,
+                }
+                for index, fallback in enumerate(spec.fallbacks)
+            ),
         ],
         # Native sidecars gate the app containers' start on the startup probe,
         # so the app's first call finds the sidecar listening. Liveness, not
@@ -148,7 +158,16 @@ def _volumes(runtime_name: str, spec: OpenAiRuntimeSpec) -> list[dict[str, Any]]
         {"name": CONFIG_VOLUME, "configMap": {"name": configmap_name(runtime_name)}},
         # The whole Secret, so kubelet's atomic ``..data`` swap reaches the file.
         {"name": KEY_VOLUME, "secret": {"secretName": spec.api_key_secret_ref.name}},
+        *(
+            {"name": fallback_volume(index), "secret": {"secretName": f.api_key_secret_ref.name}}
+            for index, f in enumerate(spec.fallbacks)
+        ),
     ]
+
+
+def fallback_volume(index: int) -> str:
+    """The volume of the ``index``-th fallback's Secret (by place: names may be long)."""
+    return f"{KEY_VOLUME}-fallback-{index}"
 
 
 def _add_env(container: dict[str, Any], from_sources: Collection[str]) -> None:
@@ -166,7 +185,8 @@ def _add_env(container: dict[str, Any], from_sources: Collection[str]) -> None:
 def _check_no_clash(pod_spec: Mapping[str, Any], runtime_name: str) -> None:
     """Refuse pods whose own volumes or ports would collide with the sidecar's."""
     taken = {str(v.get("name")) for v in pod_spec.get("volumes") or [] if isinstance(v, Mapping)}
-    clashing = sorted(taken & {CONFIG_VOLUME, KEY_VOLUME})
+    ours = {CONFIG_VOLUME, KEY_VOLUME, *(fallback_volume(i) for i in range(_MAX_FALLBACKS))}
+    clashing = sorted(taken & ours)
     if clashing:
         raise InjectionRefused(
             f"the pod already has a volume named {', '.join(clashing)}, which the sidecar of "

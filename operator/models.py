@@ -24,10 +24,11 @@ from pydantic import Field as StatusField
 from pydantic.alias_generators import to_camel
 
 from openai_runtime_sidecar.config import ModelSettings, RuntimeRef, SidecarConfig
-from openai_runtime_sidecar.contract import DEFAULT_SECRET_KEY, key_file
+from openai_runtime_sidecar.contract import DEFAULT_SECRET_KEY, fallback_key_file, key_file
 from openai_runtime_sidecar.runner.config import (
     BudgetSettings,
     CircuitBreakerSettings,
+    FallbackSettings,
     RateLimitSettings,
     RetrySettings,
     SecretRef,
@@ -67,6 +68,7 @@ __all__ = [
     "Condition",
     "ConvergenceStatus",
     "CredentialStatus",
+    "FallbackSpec",
     "OpenAiRuntimeSpec",
     "OpenAiRuntimeStatus",
     "PodSpend",
@@ -192,6 +194,35 @@ class SidecarSettings(ConfigModel):
     )
 
 
+class FallbackSpec(ConfigModel):
+    """Another upstream with its own key, tried in order when the ones before it fail."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=40,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Names the backend in logs, spans and /status (a DNS label).",
+    )
+    variant: Variant = Field(description="Exactly one of direct or azure.")
+    api_key_secret_ref: SecretKeyRef = Field(description="The Secret key holding its API key.")
+    models: dict[str, Annotated[str, Rule(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)]] = Field(
+        default_factory=dict,
+        max_length=MAX_ALLOWED_MODELS,
+        description="The model an app asks for -> this backend's model (direct) or "
+        "deployment (Azure); unmapped names go as they are or to the deployment.",
+    )
+    pricing: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="Its price overrides in USD per 1M tokens."
+    )
+
+
+def _distinct_names(value: list[FallbackSpec]) -> list[FallbackSpec]:
+    names = [f.name for f in value]
+    if len(set(names)) != len(names) or "primary" in names:
+        raise ValueError("fallback names must be unique and not 'primary'")
+    return value
+
+
 def _time_zone(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
@@ -279,6 +310,14 @@ class OpenAiRuntimeSpec(ConfigModel):
     )
     budget: BudgetSpec | None = Field(
         default=None, description="A spend limit per day or month across all pods."
+    )
+    fallbacks: Annotated[list[FallbackSpec], After(_distinct_names)] = Field(
+        default_factory=list,
+        max_length=4,
+        description=(
+            "Upstreams tried in order after variant on a 429 (not insufficient_quota), a "
+            "5xx, a timeout, a transport error or an open circuit, each with its own key."
+        ),
     )
 
     @property
@@ -445,4 +484,16 @@ def render_sidecar_config(
         circuit_breaker=spec.circuit_breaker,
         timeouts=spec.timeouts,
         budget=budget or BudgetSettings(),
+        fallbacks=[
+            FallbackSettings(
+                name=fallback.name,
+                variant=fallback.variant,
+                api_key=SecretRef(
+                    file=fallback_key_file(fallback.name, fallback.api_key_secret_ref.key)
+                ),
+                models=dict(fallback.models),
+                pricing=dict(fallback.pricing),
+            )
+            for fallback in spec.fallbacks
+        ],
     )

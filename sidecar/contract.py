@@ -28,10 +28,12 @@ __all__ = [
     "CONFIG_KEY",
     "DEFAULT_KEY_FILE",
     "DEFAULT_SECRET_KEY",
+    "FALLBACK_KEY_DIR",
     "HEALTHZ_PATH",
     "KEY_DIR",
     "READYZ_PATH",
     "STATUS_PATH",
+    "fallback_key_file",
     "key_file",
 ]
 
@@ -74,3 +76,11 @@ def key_file(secret_key: str = DEFAULT_SECRET_KEY) -> str:
 
 DEFAULT_KEY_FILE = key_file()
 """Where the sidecar reads the key when its config names no other source."""
+
+FALLBACK_KEY_DIR = "/var/run/secrets/openai-runtime-fallbacks"
+"""Where each fallback's Secret is mounted, one directory per fallback (by its name)."""
+
+
+def fallback_key_file(name: str, secret_key: str = DEFAULT_SECRET_KEY) -> str:
+    """The file holding fallback ``name``'s key: its Secret's ``secret_key``."""
+    return f"{FALLBACK_KEY_DIR}/{name}/{secret_key}"

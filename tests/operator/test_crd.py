@@ -57,6 +57,7 @@ INVALID: dict[str, set[str]] = {
     "zero-attempts.yaml": {"model", "schema"},
     "bad-duration.yaml": {"model", "schema"},
     "unknown-field.yaml": {"model", "strict-fields"},
+    "fallback-both-variants.yaml": {"model", "cel"},
 }
 
 
@@ -184,7 +185,13 @@ def test_maps_have_typed_values() -> None:
 
 def test_every_cel_rule_has_a_python_equivalent() -> None:
     found = {(path, rule["rule"]) for path, rule in rules(crd_schema())}
-    assert {path for path, _ in found} == {".spec.variant", ".spec.variant.azure", ".spec.models"}
+    assert {path for path, _ in found} == {
+        ".spec.variant",
+        ".spec.variant.azure",
+        ".spec.fallbacks[].variant",
+        ".spec.fallbacks[].variant.azure",
+        ".spec.models",
+    }
     assert {rule for _, rule in found} == set(CEL)
 
 

@@ -1,0 +1,99 @@
+"""Fallbacks on the cluster side: the spec, the sidecar config it renders, the pod it injects.
+
+The runtime's ConfigMap names each fallback's key file; the webhook mounts
+each fallback's Secret where that file is. The two are tested together here,
+as a pod would have them, so neither can move without the other.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from openai_runtime_operator.injecting import KEY_VOLUME, InjectionRefused, inject
+from openai_runtime_operator.models import OpenAiRuntimeSpec
+from openai_runtime_operator.reconciling import render_configmap
+from openai_runtime_sidecar.config import SidecarConfig
+from openai_runtime_sidecar.contract import CONFIG_KEY, FALLBACK_KEY_DIR
+from openai_runtime_sidecar.runner.modeling import ValidationError
+
+from .test_injecting import sidecar_of
+from .test_operator import NS, pod, runtime
+
+FALLBACKS = [
+    {
+        "name": "azure-eu",
+        "variant": {"azure": {"resource": "contoso-eu", "deployment": "gpt-4o-mini-eu"}},
+        "apiKeySecretRef": {"name": "azure-eu-key", "key": "token"},
+        "models": {"gpt-4o-mini": "gpt-4o-mini-eu"},
+    },
+    {
+        "name": "other",
+        "variant": {"direct": {"endpoint": "https://llm.example/v1"}},
+        "apiKeySecretRef": {"name": "other-key"},
+        "pricing": {"m": {"inputPerMTokUsd": 1, "outputPerMTokUsd": 2}},
+    },
+]
+
+
+def rendered(body: dict[str, Any]) -> SidecarConfig:
+    spec = OpenAiRuntimeSpec.model_validate(body["spec"])
+    configmap = render_configmap(body, NS, body["metadata"]["name"], spec)
+    return SidecarConfig.model_validate(json.loads(configmap["data"][CONFIG_KEY]))
+
+
+def test_each_fallback_key_file_is_where_its_secret_is_mounted() -> None:
+    body = runtime("alpha", fallbacks=FALLBACKS)
+    config = rendered(body)
+    assert [f.name for f in config.fallbacks] == ["azure-eu", "other"]
+    assert config.fallbacks[0].models == {"gpt-4o-mini": "gpt-4o-mini-eu"}
+    assert config.fallbacks[1].pricing["m"].output_per_mtok_usd == 2
+
+    injected = inject(pod("web", "alpha"), body)
+    volumes = {v["name"]: v for v in injected["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in sidecar_of(injected)["volumeMounts"]}
+    for fallback, secret in zip(config.fallbacks, ("azure-eu-key", "other-key"), strict=True):
+        key_file = fallback.api_key.file
+        assert key_file is not None
+        directory, _, _ = key_file.rpartition("/")
+        assert directory == f"{FALLBACK_KEY_DIR}/{fallback.name}"
+        mount = mounts[directory]
+        assert mount["readOnly"] is True and "subPath" not in mount  # rotations reach it
+        assert volumes[mount["name"]]["secret"] == {"secretName": secret}
+    assert key_file.endswith("/api-key") and config.fallbacks[0].api_key.file.endswith("/token")
+
+
+def test_a_runtime_without_fallbacks_mounts_one_key() -> None:
+    injected = inject(pod("web", "alpha"), runtime("alpha"))
+    names = {v["name"] for v in injected["spec"]["volumes"]}
+    assert not {n for n in names if n.startswith(f"{KEY_VOLUME}-fallback")}
+    assert rendered(runtime("alpha")).fallbacks == []
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "fragment"),
+    [
+        ([FALLBACKS[0], FALLBACKS[0]], "unique"),
+        ([{**FALLBACKS[1], "name": "primary"}], "not 'primary'"),
+        ([{**FALLBACKS[1], "name": "Not_A_Label"}], "pattern"),
+        ([FALLBACKS[1]] * 5, "at most 4"),
+    ],
+)
+def test_bad_fallbacks_are_refused_naming_the_field(
+    fallbacks: list[dict[str, Any]], fragment: str
+) -> None:
+    body = runtime("alpha", fallbacks=fallbacks)
+    with pytest.raises(ValidationError, match=fragment) as info:
+        OpenAiRuntimeSpec.model_validate(body["spec"])
+    assert info.value.errors()[0]["loc"][0] == "fallbacks"
+    with pytest.raises(InjectionRefused, match=r"spec\.fallbacks"):
+        inject(pod("web", "alpha"), body)
+
+
+def test_a_pod_volume_named_like_a_fallback_key_is_refused() -> None:
+    app = pod("web", "alpha")
+    app["spec"]["volumes"] = [{"name": f"{KEY_VOLUME}-fallback-0", "emptyDir": {}}]
+    with pytest.raises(InjectionRefused, match="fallback-0"):
+        inject(app, runtime("alpha", fallbacks=FALLBACKS))
