@@ -47,6 +47,7 @@ from openai_runtime_sidecar.runner.pricing import ModelPrice
 
 __all__ = [
     "ANNOTATION_CREDENTIAL_VERSION",
+    "ANNOTATION_FALLBACK_VERSION",
     "ANNOTATION_INJECTED",
     "API_VERSION",
     "CONDITION_BUDGET_WARNING",
@@ -77,6 +78,7 @@ __all__ = [
     "SidecarSettings",
     "SpendStatus",
     "api_key_secret",
+    "fallback_secrets",
     "key_file_path",
     "render_sidecar_config",
 ]
@@ -96,6 +98,8 @@ ANNOTATION_INJECTED = f"{GROUP}/injected"
 """Set by the webhook on a pod it injected; its value is the runtime's name."""
 ANNOTATION_CREDENTIAL_VERSION = f"{GROUP}/credential-version"
 """Set by the operator on a runtime's pods to the key's fingerprint (the rotation nudge)."""
+ANNOTATION_FALLBACK_VERSION = f"{GROUP}/fallback-credential-version"
+"""Set on a runtime's pods to a digest of its fallbacks' key fingerprints (their nudge)."""
 CONTAINER_NAME = "openai-runtime"
 """Name of the injected sidecar container."""
 
@@ -453,7 +457,22 @@ def api_key_secret(spec: Mapping[str, Any]) -> tuple[str, str] | None:
     Read from the raw object, not the model, so that the key's status is
     reported (and rotations followed) even while another field is invalid.
     """
-    ref = spec.get("apiKeySecretRef")
+    return _secret_ref(spec.get("apiKeySecretRef"))
+
+
+def fallback_secrets(spec: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Each fallback's Secret name and key, by fallback name, from an unvalidated spec."""
+    found: dict[str, tuple[str, str]] = {}
+    fallbacks = spec.get("fallbacks")
+    for fallback in fallbacks if isinstance(fallbacks, list) else []:
+        name = fallback.get("name") if isinstance(fallback, Mapping) else None
+        ref = _secret_ref(fallback.get("apiKeySecretRef")) if isinstance(name, str) else None
+        if isinstance(name, str) and ref is not None:
+            found[name] = ref
+    return found
+
+
+def _secret_ref(ref: Any) -> tuple[str, str] | None:
     if not isinstance(ref, Mapping) or not isinstance(ref.get("name"), str):
         return None
     key = ref.get("key", DEFAULT_SECRET_KEY)

@@ -28,7 +28,7 @@ from .peering import PeeringSettings, is_acting, report_peering
 from .posting import post_event
 from .reconciling import reconcile
 from .resync import resync_forever
-from .rotation import on_secret_event, runtime_pods, runtimes_by_secret, secret_digest
+from .rotation import Uses, on_secret_event, runtime_pods, runtimes_by_secret, secret_digest
 from .webhooking import WEBHOOK_CONFIGURATION, keep_ca_bundle_published
 
 __all__ = ["LoginFn", "build_registry", "build_settings", "default_login"]
@@ -221,7 +221,7 @@ def _register_secret_watch(registry: kopf.OperatorRegistry, ctx: OperatorContext
         **kwargs: Any,
     ) -> None:
         # kopf passes each index as a keyword named after it.
-        index = cast(kopf.Index[tuple[str, str], str], kwargs["runtimes_by_secret"])
+        index = cast(kopf.Index[tuple[str, str], Uses], kwargs["runtimes_by_secret"])
         if not namespace or (namespace, name) not in index:
             return  # most Secrets: no runtime of ours, no slot taken
         digest = None if type == "DELETED" else secret_digest(body)

@@ -31,19 +31,25 @@ from .convergence import follow_convergence, runtime_pods
 from .kubeapi import KubeApiError, resource_path
 from .models import (
     ANNOTATION_CREDENTIAL_VERSION,
+    ANNOTATION_FALLBACK_VERSION,
+    API_VERSION,
     CONDITION_CREDENTIAL_RESOLVED,
+    PLURAL,
     OpenAiRuntimeStatus,
     api_key_secret,
+    fallback_secrets,
 )
 from .posting import post_event
 from .status import Observation, StatusChange, resolve_credential, write_status
 
 __all__ = [
+    "Uses",
     "after_rotation",
     "as_body",
     "nudge_pods",
     "on_secret_event",
     "refresh_credential",
+    "refresh_fallbacks",
     "rotation_event",
     "runtime_pods",
     "runtimes_by_secret",
@@ -62,15 +68,24 @@ def as_body(raw: Mapping[str, Any]) -> kopf.Body:
     return kopf.Body(cast(kopf.RawBody, dict(raw)))
 
 
+Uses = tuple[str, tuple[str, ...]]
+"""A runtime's name and what it uses a Secret for: ``key``, ``fallback`` or both."""
+
+
 def runtimes_by_secret(
     namespace: str | None, name: str | None, spec: Mapping[str, Any], **_: Any
-) -> dict[tuple[str, str], str]:
-    """Index entry of a runtime: ``(namespace, secret name) -> runtime name``."""
-    ref = spec.get("apiKeySecretRef")
-    secret = ref.get("name") if isinstance(ref, Mapping) else None
-    if not namespace or not name or not isinstance(secret, str):
+) -> dict[tuple[str, str], Uses]:
+    """Index entries of a runtime: ``(namespace, secret name) -> (runtime name, uses)``,
+    for its key's Secret and each fallback's."""
+    if not namespace or not name:
         return {}
-    return {(namespace, secret): name}
+    uses: dict[str, set[str]] = {}
+    primary = api_key_secret(spec)
+    if primary is not None:
+        uses.setdefault(primary[0], set()).add("key")
+    for secret, _key in fallback_secrets(spec).values():
+        uses.setdefault(secret, set()).add("fallback")
+    return {(namespace, secret): (name, tuple(sorted(u))) for secret, u in uses.items()}
 
 
 def secret_digest(secret: Mapping[str, Any]) -> str:
@@ -184,6 +199,53 @@ async def refresh_credential(
     return change.rotated
 
 
+async def refresh_fallbacks(
+    ctx: OperatorContext, namespace: str, runtime_name: str, secret_name: str, logger: Logger
+) -> bool:
+    """When ``secret_name`` is a fallback's: nudge the pods if a fallback key changed.
+
+    The pods carry a digest of every fallback's key fingerprint; a new digest
+    annotates them (kubelet refreshes their Secret volumes at once, the
+    sidecars follow the files) and, when it replaced an older one, posts
+    ``FallbackCredentialRotated``. A replayed Secret finds the pods annotated
+    already and does nothing.
+    """
+    runtime = await ctx.api.get(resource_path(API_VERSION, PLURAL, namespace, runtime_name))
+    spec = (runtime or {}).get("spec")
+    refs = fallback_secrets(spec) if isinstance(spec, Mapping) else {}
+    if runtime is None or secret_name not in {ref[0] for ref in refs.values()}:
+        return False
+    prints = []
+    for fallback, (secret, key) in sorted(refs.items()):
+        found = await ctx.api.get(resource_path("v1", "secrets", namespace, secret))
+        resolution = resolve_credential(secret, key, found)
+        prints.append(f"{fallback}={resolution.fingerprint or resolution.reason}")
+    version = hashlib.sha256(",".join(prints).encode()).hexdigest()[:16]
+    nudged = changed = 0
+    for pod in await runtime_pods(ctx, namespace, runtime_name):
+        meta = pod.get("metadata", {})
+        before = (meta.get("annotations") or {}).get(ANNOTATION_FALLBACK_VERSION)
+        if before == version:
+            continue
+        path = resource_path("v1", "pods", namespace, meta.get("name"))
+        patch = {"metadata": {"annotations": {ANNOTATION_FALLBACK_VERSION: version}}}
+        if await ctx.api.merge_patch(path, patch):
+            nudged += 1
+            # A first annotation (a new pod, a first look) is no rotation to report.
+            changed += before is not None
+    if changed:
+        logger.info("Annotated %d pods of %s with fallback keys %s", nudged, runtime_name, prints)
+        await post_event(
+            ctx,
+            runtime,
+            type="Normal",
+            reason="FallbackCredentialRotated",
+            message=f"Fallback keys now {', '.join(prints)}; annotated {nudged} pods",
+            log=logger,
+        )
+    return nudged > 0
+
+
 async def warn_unresolved(
     ctx: OperatorContext,
     runtime: Mapping[str, Any],
@@ -212,7 +274,7 @@ async def on_secret_event(
     *,
     namespace: str | None,
     name: str | None,
-    index: kopf.Index[tuple[str, str], str],
+    index: kopf.Index[tuple[str, str], Uses],
     logger: Logger,
     digest: str | None = None,
 ) -> None:
@@ -232,10 +294,13 @@ async def on_secret_event(
         return
     ctx.secrets_followed.pop(key, None)
     followed = True
-    for runtime in sorted(set(index[namespace, name])):
+    for runtime, uses in sorted(set(index[namespace, name])):
         for delay in (*RETRY_DELAYS, None):
             try:
-                await refresh_credential(ctx, namespace, runtime, name, logger)
+                if "key" in uses:
+                    await refresh_credential(ctx, namespace, runtime, name, logger)
+                if "fallback" in uses:
+                    await refresh_fallbacks(ctx, namespace, runtime, name, logger)
                 break
             except (KubeApiError, OSError, TimeoutError) as exc:
                 if delay is None:

@@ -13,14 +13,29 @@ from typing import Any
 import pytest
 
 from openai_runtime_operator.injecting import KEY_VOLUME, InjectionRefused, inject
-from openai_runtime_operator.models import OpenAiRuntimeSpec
+from openai_runtime_operator.models import ANNOTATION_FALLBACK_VERSION, OpenAiRuntimeSpec
 from openai_runtime_operator.reconciling import render_configmap
 from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.contract import CONFIG_KEY, FALLBACK_KEY_DIR
+from openai_runtime_sidecar.runner.credentials import fingerprint
 from openai_runtime_sidecar.runner.modeling import ValidationError
 
+from ..support import NEW_KEY, OLD_KEY
 from .test_injecting import sidecar_of
-from .test_operator import NS, pod, runtime
+from .test_operator import (
+    MERGE,
+    NS,
+    OTHER_KEY,
+    RUNTIMES,
+    SECRETS_URL,
+    Cluster,
+    b64,
+    eventually,
+    pod,
+    ready,
+    runtime,
+    secret,
+)
 
 FALLBACKS = [
     {
@@ -54,14 +69,14 @@ def test_each_fallback_key_file_is_where_its_secret_is_mounted() -> None:
     injected = inject(pod("web", "alpha"), body)
     volumes = {v["name"]: v for v in injected["spec"]["volumes"]}
     mounts = {m["mountPath"]: m for m in sidecar_of(injected)["volumeMounts"]}
-    for fallback, secret in zip(config.fallbacks, ("azure-eu-key", "other-key"), strict=True):
+    for fallback, named in zip(config.fallbacks, ("azure-eu-key", "other-key"), strict=True):
         key_file = fallback.api_key.file
         assert key_file is not None
         directory, _, _ = key_file.rpartition("/")
         assert directory == f"{FALLBACK_KEY_DIR}/{fallback.name}"
         mount = mounts[directory]
         assert mount["readOnly"] is True and "subPath" not in mount  # rotations reach it
-        assert volumes[mount["name"]]["secret"] == {"secretName": secret}
+        assert volumes[mount["name"]]["secret"] == {"secretName": named}
     assert key_file.endswith("/api-key") and config.fallbacks[0].api_key.file.endswith("/token")
 
 
@@ -97,3 +112,53 @@ def test_a_pod_volume_named_like_a_fallback_key_is_refused() -> None:
     app["spec"]["volumes"] = [{"name": f"{KEY_VOLUME}-fallback-0", "emptyDir": {}}]
     with pytest.raises(InjectionRefused, match="fallback-0"):
         inject(app, runtime("alpha", fallbacks=FALLBACKS))
+
+
+async def test_a_rotated_fallback_secret_nudges_the_pods_once(operator: Cluster) -> None:
+    kmock = operator.kmock
+    kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
+    kmock.objects["v1/secrets", NS, "other-key"] = secret("other-key", OTHER_KEY)
+    fallbacks = [{**FALLBACKS[1], "apiKeySecretRef": {"name": "other-key"}}]
+    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha", fallbacks=fallbacks)
+    kmock.objects[RUNTIMES, NS, "beta"] = runtime("beta")
+    for name, owner in [("a1", "alpha"), ("b1", "beta")]:
+        kmock.objects["v1/pods", NS, name] = pod(name, owner)
+
+    def fallback_version(pod_name: str) -> str | None:
+        found = operator.get("v1/pods", pod_name) or {}
+        annotations = found.get("metadata", {}).get("annotations") or {}
+        return annotations.get(ANNOTATION_FALLBACK_VERSION)
+
+    await operator.start()
+    await eventually(ready(operator, "alpha"), "alpha Ready")
+    # The first look annotates the pods quietly: nothing rotated yet.
+    first = await eventually(lambda: fallback_version("a1"), "a1 annotated")
+    assert operator.events("FallbackCredentialRotated") == []
+
+    await kmock.patch(
+        f"{SECRETS_URL}/other-key", json={"data": {"api-key": b64(NEW_KEY)}}, headers=MERGE
+    )
+    await eventually(lambda: fallback_version("a1") != first, "a1 nudged")
+    [event] = await eventually(lambda: operator.events("FallbackCredentialRotated"), "Event")
+    assert f"other={fingerprint(NEW_KEY)}" in event["message"]
+    assert fallback_version("b1") is None  # beta uses no fallback
+    assert operator.status("alpha")["credential"]["rotations"] == 0  # the primary key stands
+    assert operator.events("CredentialRotated") == []
+
+    # A label edit replays the Secret unchanged: no nudge, no Event; a change does both.
+    rotated = fallback_version("a1")
+    await kmock.patch(
+        f"{SECRETS_URL}/other-key", json={"metadata": {"labels": {"x": "y"}}}, headers=MERGE
+    )
+    await kmock.patch(
+        f"{SECRETS_URL}/other-key", json={"data": {"api-key": b64(OLD_KEY)}}, headers=MERGE
+    )
+    await eventually(lambda: fallback_version("a1") not in (first, rotated), "a1 nudged again")
+    events = await eventually(
+        lambda: (
+            len(operator.events("FallbackCredentialRotated")) == 2
+            and operator.events("FallbackCredentialRotated")
+        ),
+        "a second Event",
+    )
+    assert f"other={fingerprint(OLD_KEY)}" in events[1]["message"]
