@@ -315,7 +315,8 @@ class OpenAiRunner:
         handler and the transport costs a frame on every resume.
         """
         deadline = ledger.started_at + self._config.timeouts.total
-        snapshot = self.credentials.require()
+        # The call's key, taken once: a rotation mid-call changes nothing for it.
+        primary_key = self.credentials.require()
         reread = False
         attempt = 0
         last_error: RunnerError | None = None
@@ -327,8 +328,7 @@ class OpenAiRunner:
                 picked = self._backend(pool, scope, ledger, attempt, last_error)
             index, backend, permit = picked
             picked = None
-            if not backend.primary:
-                snapshot = backend.credentials.require()
+            snapshot = primary_key if backend.primary else backend.credentials.require()
             ledger.credential_fingerprint = snapshot.fingerprint
             ledger.backend = backend.name
             headers = dict(extra_headers or {})
@@ -351,7 +351,7 @@ class OpenAiRunner:
                     reread = True
                     fresh = self._fresh_key_after_401(snapshot)
                     if fresh is not None:
-                        snapshot = fresh
+                        primary_key = fresh
                         continue
                 if index + 1 < len(pool) and self._failover(err, attempt, deadline, retryable):
                     # The next backend that admits the call, if any; else as without one.
@@ -364,7 +364,6 @@ class OpenAiRunner:
                     err.attempts = attempt
                     raise
                 await self.clock.sleep(delay)
-                snapshot = self.credentials.require()
             except BaseException:
                 permit.release()
                 raise
