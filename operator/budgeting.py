@@ -1,9 +1,12 @@
-"""Budgets: read every pod's spend, keep the runtime's total, tell the sidecars the verdict.
+"""Budgets and backend health: what the runtime's sidecars report, kept in its status.
 
 Where it sits in the flow::
 
     budget_forever (a background loop, every --budget-interval, acting replica only)
-      -> poll_budget(each runtime reconciliation saw with a valid spec.budget)
+      -> poll_runtime(each runtime reconciliation saw with spec.budget or spec.fallbacks)
+         -> record_health: each backend's circuits across the pods -> status.backends,
+            BackendUnhealthy / BackendRecovered Events when a backend turns
+         -> poll_budget (with spec.budget):
            GET http://<podIP>:<admin port>/status  (each Running pod: spend)
            under the runtime's lock:
              .spending.account() -> status.spend, .spending.judge() -> BudgetWarning
@@ -28,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from openai_runtime_sidecar.runner.backends import PRIMARY
+
 from .convergence import ConvergenceSettings, pod_statuses, runtime_pods
 from .kubeapi import resource_path
 from .models import (
@@ -35,6 +40,7 @@ from .models import (
     CONDITION_BUDGET_WARNING,
     GROUP,
     PLURAL,
+    BackendHealth,
     BudgetSpec,
     OpenAiRuntimeSpec,
     SpendStatus,
@@ -59,9 +65,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ANNOTATION_CONFIG_VERSION",
     "BudgetPoll",
+    "backend_health",
     "budget_forever",
     "poll_budget",
+    "poll_runtime",
     "read_spend",
+    "record_health",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,13 +83,69 @@ async def read_spend(
     pods: Sequence[Mapping[str, Any]], settings: ConvergenceSettings
 ) -> dict[str, Reading]:
     """Each Running pod's spend counters, by pod name; pods that do not answer are left out."""
+    return _readings(pods, await pod_statuses(pods, settings))
+
+
+def _readings(pods: Sequence[Mapping[str, Any]], documents: Sequence[Any]) -> dict[str, Reading]:
     readings: dict[str, Reading] = {}
-    for pod, document in zip(pods, await pod_statuses(pods, settings), strict=True):
+    for pod, document in zip(pods, documents, strict=True):
         name = (pod.get("metadata") or {}).get("name")
         reading = reading_of(document)
         if isinstance(name, str) and reading is not None:
             readings[name] = reading
     return readings
+
+
+def backend_health(spec: OpenAiRuntimeSpec, documents: Sequence[Any]) -> list[BackendHealth]:
+    """Per backend, how many answering pods report its circuits all closed."""
+    names = [PRIMARY, *(f.name for f in spec.fallbacks)]
+    pods = dict.fromkeys(names, 0)
+    healthy = dict.fromkeys(names, 0)
+    for document in documents:
+        shown = document.get("backends") if isinstance(document, Mapping) else None
+        if not isinstance(shown, Mapping):
+            continue
+        for name in names:
+            if isinstance(shown.get(name), str):
+                pods[name] += 1
+                healthy[name] += shown[name] == "closed"
+    return [BackendHealth(name=n, pods=pods[n], healthy=healthy[n]) for n in names]
+
+
+async def record_health(
+    ctx: OperatorContext, namespace: str, name: str, documents: Sequence[Any]
+) -> list[BackendHealth] | None:
+    """Write each backend's health into the status; an Event when one turns or recovers."""
+    path = resource_path(API_VERSION, PLURAL, namespace, name)
+    async with ctx.lock(namespace, name):
+        runtime = await ctx.api.get(path)
+        spec = _valid_spec(runtime)
+        if runtime is None or spec is None or not spec.fallbacks:
+            return None
+        health = backend_health(spec, documents)
+        stored = runtime.get("status")
+        previous = load_status(stored)
+        patch = status_patch(stored, dump_status(previous.model_copy(update={"backends": health})))
+        if patch is not None:
+            await ctx.api.merge_patch(f"{path}/status", patch)
+    before = {b.name: b for b in previous.backends or []}
+    for now in health:
+        was = before.get(now.name)
+        sick, was_sick = now.healthy < now.pods, was is not None and was.healthy < was.pods
+        if sick and not was_sick:
+            message = (
+                f"Backend {now.name}: circuits not closed in {now.pods - now.healthy} of "
+                f"{now.pods} pods; calls fail over to the next backend"
+            )
+            await post_event(
+                ctx, runtime, type="Warning", reason="BackendUnhealthy", message=message, log=logger
+            )
+        elif was_sick and not sick and now.pods:
+            message = f"Backend {now.name}: healthy in all {now.pods} pods; traffic returns"
+            await post_event(
+                ctx, runtime, type="Normal", reason="BackendRecovered", message=message, log=logger
+            )
+    return health
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +162,39 @@ class BudgetPoll:
     """A new period started after the limit was reached in the last one."""
 
 
-async def poll_budget(ctx: OperatorContext, namespace: str, name: str) -> BudgetPoll | None:
-    """Read the pods' spend and record it; None when the runtime has no (valid) budget."""
+async def poll_runtime(ctx: OperatorContext, namespace: str, name: str) -> None:
+    """One look at a runtime's sidecars: its budget, and its backends' health."""
     path = resource_path(API_VERSION, PLURAL, namespace, name)
-    if _budget_of(await ctx.api.get(path)) is None:
-        return None
+    spec = _valid_spec(await ctx.api.get(path))
+    if spec is None or (spec.budget is None and not spec.fallbacks):
+        return
     pods = await runtime_pods(ctx, namespace, name)
-    readings = await read_spend(pods, ctx.convergence)
+    documents = await pod_statuses(pods, ctx.convergence)
+    if spec.budget is not None:
+        await poll_budget(ctx, namespace, name, pods=pods, documents=documents)
+    if spec.fallbacks:
+        await record_health(ctx, namespace, name, documents)
+
+
+async def poll_budget(
+    ctx: OperatorContext,
+    namespace: str,
+    name: str,
+    *,
+    pods: Sequence[Mapping[str, Any]] | None = None,
+    documents: Sequence[Any] | None = None,
+) -> BudgetPoll | None:
+    """Read the pods' spend and record it; None when the runtime has no (valid) budget.
+
+    ``pods`` and their ``/status`` ``documents`` when the caller read them already.
+    """
+    path = resource_path(API_VERSION, PLURAL, namespace, name)
+    if pods is None or documents is None:
+        if _budget_of(await ctx.api.get(path)) is None:
+            return None
+        pods = await runtime_pods(ctx, namespace, name)
+        documents = await pod_statuses(pods, ctx.convergence)
+    readings = _readings(pods, documents)
     present = {str((p.get("metadata") or {}).get("name")) for p in pods}
     async with ctx.lock(namespace, name):
         runtime = await ctx.api.get(path)
@@ -156,14 +247,17 @@ async def poll_budget(ctx: OperatorContext, namespace: str, name: str) -> Budget
     return poll
 
 
-def _budget_of(runtime: Mapping[str, Any] | None) -> OpenAiRuntimeSpec | None:
-    """The runtime's spec when it is valid and sets a budget."""
+def _valid_spec(runtime: Mapping[str, Any] | None) -> OpenAiRuntimeSpec | None:
+    """The runtime's spec when it exists, is not being deleted and is valid."""
     if runtime is None or (runtime.get("metadata") or {}).get("deletionTimestamp"):
         return None
     raw = runtime.get("spec")
-    if not isinstance(raw, Mapping) or raw.get("budget") is None:
-        return None
-    spec = parse_spec(raw, None).spec
+    return parse_spec(raw, None).spec if isinstance(raw, Mapping) else None
+
+
+def _budget_of(runtime: Mapping[str, Any] | None) -> OpenAiRuntimeSpec | None:
+    """The runtime's spec when it is valid and sets a budget."""
+    spec = _valid_spec(runtime)
     return spec if spec is not None and spec.budget is not None else None
 
 
@@ -220,7 +314,7 @@ async def budget_forever(
 ) -> None:
     """Every ``interval`` seconds, poll each runtime with a budget (until cancelled).
 
-    Which runtimes have one is what reconciliation saw (:attr:`.OperatorContext.budgeted`,
+    Which runtimes have one is what reconciliation saw (:attr:`.OperatorContext.polled`,
     filled on start-up as kopf resumes every runtime): no list request per pass.
     """
     while True:
@@ -231,9 +325,9 @@ async def budget_forever(
         except Exception as exc:
             logger.error("Budget pass skipped: %s", exc, exc_info=exc)
             continue
-        for namespace, name in sorted(ctx.budgeted):
+        for namespace, name in sorted(ctx.polled):
             try:
-                await poll_budget(ctx, namespace, name)
+                await poll_runtime(ctx, namespace, name)
             except Exception as exc:
                 # One runtime's failure must not starve the others' budgets.
                 logger.error("Budget poll of %s/%s failed: %s", namespace, name, exc, exc_info=exc)

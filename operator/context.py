@@ -64,9 +64,9 @@ class OperatorContext:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
     _keyed: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict, repr=False)
     _slots: asyncio.Semaphore | None = field(default=None, repr=False)
-    budgeted: set[tuple[str, str]] = field(default_factory=set, repr=False)
-    """Runtimes whose valid spec sets a budget, as reconciliation last saw them: the
-    budget loop polls these, never listing runtimes itself."""
+    polled: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    """Runtimes whose valid spec sets a budget or fallbacks, as reconciliation last saw
+    them: the budget loop polls these, never listing runtimes itself."""
     secrets_followed: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
     """Per Secret, the digest of the data that all its runtimes followed (:mod:`.rotation`)."""
 
@@ -99,7 +99,7 @@ class OperatorContext:
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
-        self.budgeted.discard((namespace, name))
+        self.polled.discard((namespace, name))
 
     def background(self, job: Coroutine[Any, Any, None]) -> None:
         """Run ``job`` until :meth:`close` (the resync loop)."""

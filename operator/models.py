@@ -65,6 +65,7 @@ __all__ = [
     "SHORT",
     "SINGULAR",
     "VERSION",
+    "BackendHealth",
     "BudgetSpec",
     "Condition",
     "ConvergenceStatus",
@@ -415,6 +416,16 @@ class SpendStatus(_StatusModel):
     )
 
 
+class BackendHealth(_StatusModel):
+    """One backend as the runtime's sidecars last reported it."""
+
+    name: str = StatusField(min_length=1, description="primary, or a fallback's name.")
+    pods: int = StatusField(ge=0, description="Pods whose sidecar answered.")
+    healthy: int = StatusField(
+        ge=0, description="Of those, pods whose circuits to this backend are all closed."
+    )
+
+
 class OpenAiRuntimeStatus(_StatusModel):
     """Observed state, written by the operator."""
 
@@ -439,6 +450,9 @@ class OpenAiRuntimeStatus(_StatusModel):
     )
     spend: SpendStatus | None = StatusField(
         default=None, description="Spend this period, with spec.budget."
+    )
+    backends: list[BackendHealth] | None = StatusField(
+        default=None, description="Each backend's health across the pods, with spec.fallbacks."
     )
 
     def condition(self, type_: str) -> Condition | None:

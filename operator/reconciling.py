@@ -221,10 +221,10 @@ async def _reconcile(
 ) -> StatusChange | None:
     verdict = parse_spec(spec, meta.get("generation"))
     ref = api_key_secret(spec)
-    if verdict.spec is not None and verdict.spec.budget is not None:
-        ctx.budgeted.add((namespace, name))
+    if verdict.spec is not None and (verdict.spec.budget or verdict.spec.fallbacks):
+        ctx.polled.add((namespace, name))
     elif verdict.spec is not None:
-        ctx.budgeted.discard((namespace, name))
+        ctx.polled.discard((namespace, name))
 
     async def observe(runtime: Mapping[str, Any]) -> Observation:
         if verdict.spec is not None:

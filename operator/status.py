@@ -14,8 +14,9 @@ the same thing twice yields the same status, and ``lastTransitionTime``
 moves only when a condition's status does. ``status.convergence`` is written
 by :mod:`.convergence` under the same lock; the next status carries it over
 (reset to ``current=0`` on a rotation), so it is never nulled here.
-``status.spend`` and the ``BudgetWarning`` condition are written by
-:mod:`.budgeting`, likewise; they go only when the spec sets no budget.
+``status.spend``, ``status.backends`` and the ``BudgetWarning`` condition
+are written by :mod:`.budgeting`, likewise; they go only when the spec sets
+no budget (no fallbacks).
 
 The API key itself never leaves :func:`resolve_credential`: only its
 fingerprint comes out.
@@ -265,12 +266,14 @@ def next_status(
     generation, variant, model = spec_fields(previous, observation.spec)
     conditions = _next_conditions(previous, observation, generation, now)
     credential, rotated = next_credential(previous.credential, observation.credential, now)
-    spend = previous.spend
+    spend, backends = previous.spend, previous.backends
     verdict = observation.spec
     if verdict is not None and verdict.spec is not None and verdict.spec.budget is None:
         # No budget (any more): no spend to keep, no warning to show.
         spend = None
         conditions = [c for c in conditions if c.type != CONDITION_BUDGET_WARNING]
+    if verdict is not None and verdict.spec is not None and not verdict.spec.fallbacks:
+        backends = None
     status = OpenAiRuntimeStatus(
         observed_generation=generation,
         variant=variant,
@@ -279,6 +282,7 @@ def next_status(
         credential=credential,
         convergence=_next_convergence(previous.convergence, rotated),
         spend=spend,
+        backends=backends,
     )
     return StatusChange(
         status=status,

@@ -110,6 +110,7 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
             for backend in sidecar.runner.backends[1:]
         ],
         "rateLimits": dict(sidecar.runner.limiter.snapshot()),
+        "backends": backends_document(sidecar),
         "spend": {
             **spend_document(sidecar),
             "models": {model: t.as_dict() for model, t in sorted(sidecar.spend.items())},
@@ -127,6 +128,17 @@ def budget_document(sidecar: Sidecar) -> dict[str, Any]:
     }
 
 
+def backends_document(sidecar: Sidecar) -> dict[str, str]:
+    """Each backend's health by name: ``closed`` (healthy), ``degraded`` (a model's or
+    deployment's circuit is not closed), ``open`` or ``half_open`` (the host's)."""
+    health: dict[str, str] = {}
+    for backend in sidecar.runner.backends:
+        states = backend.circuits.states()
+        host = states[0][1].value
+        health[backend.name] = "degraded" if host == "closed" and len(states) > 1 else host
+    return health
+
+
 def spend_document(sidecar: Sidecar) -> dict[str, Any]:
     """USD since this process started, in all and per model, and which process it is."""
     by_model = {model: round(t.usd, 10) for model, t in sorted(sidecar.spend.items()) if t.usd}
@@ -141,15 +153,18 @@ def network_status_document(sidecar: Sidecar) -> dict[str, Any]:
     """What ``/status`` shows off loopback: what the operator reads, only.
 
     The operator asks each pod over the pod network for ``credential.fingerprint``
-    (``openai_runtime_operator.convergence``) and ``spend``
-    (``openai_runtime_operator.budgeting``) and reads nothing else; a field
-    added here is shown to every pod in the cluster.
+    (``openai_runtime_operator.convergence``), ``spend`` and, with fallbacks,
+    each backend's health (``openai_runtime_operator.budgeting``) and reads
+    nothing else; a field added here is shown to every pod in the cluster.
     """
     snapshot = sidecar.credentials.current
-    return {
+    document: dict[str, Any] = {
         "credential": {"fingerprint": snapshot.fingerprint if snapshot else None},
         "spend": spend_document(sidecar),
     }
+    if len(sidecar.runner.backends) > 1:
+        document["backends"] = backends_document(sidecar)
+    return document
 
 
 _REASON_CODES = (

@@ -342,7 +342,7 @@ async def test_the_loop_polls_the_runtimes_reconciliation_saw_with_a_budget(
     raw = cluster.get(RUNTIMES, "alpha")
     assert raw is not None
     await resync_one(ctx, raw)
-    assert ctx.budgeted == {(NS, "alpha")}
+    assert ctx.polled == {(NS, "alpha")}
     listed = len(cluster.requests("GET", RUNTIMES_URL))
     loop = asyncio.create_task(budget_forever(ctx, 0.001))
     try:
@@ -359,5 +359,5 @@ async def test_the_loop_polls_the_runtimes_reconciliation_saw_with_a_budget(
     raw = cluster.get(RUNTIMES, "alpha")
     assert raw is not None
     await resync_one(ctx, raw)
-    assert ctx.budgeted == set()
+    assert ctx.polled == set()
     ctx.forget(NS, "alpha")

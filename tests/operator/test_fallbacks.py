@@ -8,19 +8,30 @@ as a pod would have them, so neither can move without the other.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import kopf
+import openai
 import pytest
 
+from openai_runtime_operator.budgeting import poll_runtime
+from openai_runtime_operator.context import OperatorContext
+from openai_runtime_operator.convergence import ConvergenceSettings
 from openai_runtime_operator.injecting import KEY_VOLUME, InjectionRefused, inject
 from openai_runtime_operator.models import ANNOTATION_FALLBACK_VERSION, OpenAiRuntimeSpec
 from openai_runtime_operator.reconciling import render_configmap
+from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.config import SidecarConfig
 from openai_runtime_sidecar.contract import CONFIG_KEY, FALLBACK_KEY_DIR
+from openai_runtime_sidecar.fakes.upstream import FakeUpstream
+from openai_runtime_sidecar.runner import ManualClock
 from openai_runtime_sidecar.runner.credentials import fingerprint
 from openai_runtime_sidecar.runner.modeling import ValidationError
 
-from ..support import NEW_KEY, OLD_KEY
+from ..support import NEW_KEY, OLD_KEY, SecretVolume, free_port
+from .test_convergence import running
 from .test_injecting import sidecar_of
 from .test_operator import (
     MERGE,
@@ -162,3 +173,93 @@ async def test_a_rotated_fallback_secret_nudges_the_pods_once(operator: Cluster)
         "a second Event",
     )
     assert f"other={fingerprint(OLD_KEY)}" in events[1]["message"]
+
+
+@pytest.fixture
+async def failover_pods(
+    declare: Any, upstream: FakeUpstream, secret_dir: SecretVolume, tmp_path: Path
+) -> AsyncIterator[tuple[Cluster, list[Sidecar], FakeUpstream, ManualClock]]:
+    """kmock with runtime ``alpha`` (one fallback) and two pods: real sidecars whose
+    primary is ``upstream`` and whose fallback is a second fake upstream."""
+    b = FakeUpstream(keys={OLD_KEY})
+    await b.start()
+    clock = ManualClock(auto_advance=True)
+    port = free_port()
+    sidecars = []
+    for index, ip in enumerate(("127.0.0.1", "127.0.0.2")):
+        config = SidecarConfig.model_validate(
+            {
+                "runtime": {"namespace": NS, "name": "alpha"},
+                "variant": {"direct": {"endpoint": upstream.url + "/v1"}},
+                "apiKey": {"file": str(secret_dir.path)},
+                "listen": {"api": "127.0.0.1:0", "admin": f"{ip}:{port}"},
+                "circuitBreaker": {"failureThreshold": 1, "openDuration": "30s"},
+                "fallbacks": [
+                    {
+                        "name": "b",
+                        "variant": {"direct": {"endpoint": b.url + "/v1"}},
+                        "apiKey": {"file": str(secret_dir.path)},
+                    }
+                ],
+            }
+        )
+        sidecar = Sidecar(config, clock=clock)
+        await sidecar.start()
+        sidecars.append(sidecar)
+        declare.objects["v1/pods", NS, f"p{index}"] = running(f"p{index}", "alpha", ip)
+    fallbacks = [{"name": "b", "variant": {"direct": {}}, "apiKeySecretRef": {"name": "k"}}]
+    declare.objects[RUNTIMES, NS, "alpha"] = runtime("alpha", fallbacks=fallbacks)
+    cluster = Cluster(declare)
+    cluster.ctx = OperatorContext(convergence=ConvergenceSettings(port=port, timeout=2.0))
+    cluster.ctx.set_connection(kopf.ConnectionInfo(server=str(declare.url), insecure=True))
+    try:
+        yield cluster, sidecars, b, clock
+    finally:
+        await cluster.ctx.close()
+        for sidecar in sidecars:
+            await sidecar.stop()
+        await b.stop()
+
+
+async def test_backend_health_reaches_the_status_with_events_when_it_turns(
+    failover_pods: tuple[Cluster, list[Sidecar], FakeUpstream, ManualClock],
+    upstream: FakeUpstream,
+) -> None:
+    cluster, sidecars, b, clock = failover_pods
+    await poll_runtime(cluster.ctx, NS, "alpha")
+    assert cluster.status("alpha")["backends"] == [
+        {"name": "primary", "pods": 2, "healthy": 2},
+        {"name": "b", "pods": 2, "healthy": 2},
+    ]
+    assert cluster.events("BackendUnhealthy") == []
+
+    # The primary goes down: pod p0's first call fails over to b and opens its breaker.
+    port = int(upstream.url.rsplit(":", 1)[1])
+    await upstream.stop()
+    url = sidecars[0].api_url + "/v1"
+    async with openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0) as sdk:
+        answer = await sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content and len(b.requests) == 1
+        await poll_runtime(cluster.ctx, NS, "alpha")
+        assert cluster.status("alpha")["backends"][0] == {
+            "name": "primary",
+            "pods": 2,
+            "healthy": 1,
+        }
+        [event] = cluster.events("BackendUnhealthy")
+        assert "primary" in event["message"] and "1 of 2 pods" in event["message"]
+        await poll_runtime(cluster.ctx, NS, "alpha")  # still sick: no second Event
+        assert len(cluster.events("BackendUnhealthy")) == 1
+
+        # Back up; after the open duration a call probes it and closes the circuit.
+        await upstream.start(port=port)
+        clock.advance(30)
+        await sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    await poll_runtime(cluster.ctx, NS, "alpha")
+    assert cluster.status("alpha")["backends"][0]["healthy"] == 2
+    [recovered] = cluster.events("BackendRecovered")
+    assert "primary" in recovered["message"]

@@ -171,7 +171,7 @@ async def test_a_primary_that_hangs_on_connect_fails_over(
     with unaccepting_port() as port:
         sidecar = await make_sidecar(
             variant={"direct": {"endpoint": f"http://127.0.0.1:{port}/v1"}},
-            timeouts={"connect": "200ms"},
+            timeouts={"connect": "1s"},  # long enough that B, on loopback, always connects
             fallbacks=[fallback(backend_b, b_key)],
         )
         async with client(sidecar) as sdk:
