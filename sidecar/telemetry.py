@@ -532,11 +532,16 @@ class CallTrace:
         runtime = telemetry.runtime_attributes
         named = telemetry.model_label(response_model or request_model)
         model: dict[str, AttributeValue] = {"model": named} if named else {}
+        # Which upstream served it: "primary", or a fallback's name (a handful at most).
+        backend = info.backend if info is not None else "primary"
         if info is not None and info.cost is not None:
             cost = info.cost
-            telemetry.cost.add(cost.usd, {**model, **runtime, "estimated": cost.estimated})
+            labels = {**model, **runtime, "estimated": cost.estimated, "backend": backend}
+            telemetry.cost.add(cost.usd, labels)
         outcome = kind or "ok"
-        telemetry.requests.add(1, {"outcome": outcome, "stream": self._stream, **model, **runtime})
+        telemetry.requests.add(
+            1, {"outcome": outcome, "stream": self._stream, **model, **runtime, "backend": backend}
+        )
         telemetry.in_flight -= 1
 
 

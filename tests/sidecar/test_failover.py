@@ -14,13 +14,14 @@ from typing import Any
 
 import openai
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from openai_runtime_sidecar.admin import status_document
 from openai_runtime_sidecar.app import Sidecar
 from openai_runtime_sidecar.fakes.upstream import FakeUpstream
 from openai_runtime_sidecar.runner import ManualClock
 from openai_runtime_sidecar.runner.credentials import fingerprint
-from tests.support import SecretVolume, unaccepting_port
+from tests.support import SecretVolume, points, unaccepting_port
 
 from .conftest import SidecarFactory
 from .test_rotation import eventually
@@ -71,6 +72,7 @@ async def test_a_failing_primary_is_served_by_the_fallback_with_no_app_visible_e
     upstream: FakeUpstream,
     backend_b: FakeUpstream,
     b_key: SecretVolume,
+    metrics: InMemoryMetricReader,
     scenario: str,
 ) -> None:
     clock = ManualClock(auto_advance=True)
@@ -86,6 +88,8 @@ async def test_a_failing_primary_is_served_by_the_fallback_with_no_app_visible_e
     assert served.key_fingerprint == fingerprint(B_KEY)  # its own key
     assert clock.sleeps == []  # no backoff: another backend is not a retry of the same
     assert float(raw.headers["x-openai-runtime-cost-usd"]) > 0  # priced at B
+    [request] = points(metrics)["openai_runtime.requests"]
+    assert request.attributes["backend"] == "b" and request.attributes["outcome"] == "ok"
 
 
 @pytest.mark.parametrize(

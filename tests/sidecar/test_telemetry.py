@@ -315,6 +315,7 @@ def test_a_request_that_never_reached_the_runner(
         "outcome": "invalid_json",
         "stream": False,
         "runtime": "team-a/chat",
+        "backend": "primary",
     }
     assert one(found, "openai_runtime.requests.in_flight").value == 0
     assert one(found, "gen_ai.client.operation.duration").attributes["error.type"] == (
@@ -396,6 +397,7 @@ def test_metrics_equal_the_usage_and_cost_given(
         "model": "gpt-4o-2024-08-06",
         "runtime": "team-a/chat",
         "estimated": False,
+        "backend": "primary",
     }
     request = one(found, "openai_runtime.requests")
     assert dict(request.attributes) == {
@@ -403,6 +405,7 @@ def test_metrics_equal_the_usage_and_cost_given(
         "stream": False,
         "model": "gpt-4o-2024-08-06",
         "runtime": "team-a/chat",
+        "backend": "primary",
     }
     assert one(found, "openai_runtime.requests.in_flight").value == 0
     assert "openai_runtime.time_to_first_token" not in found  # not a stream
@@ -524,8 +527,8 @@ def test_prometheus_text_has_every_instrument(telemetry: Telemetry) -> None:
         "# TYPE openai_runtime_retries_total counter",
         "# TYPE openai_runtime_circuit_state gauge",
         "# TYPE openai_runtime_ratelimit_local_available gauge",
-        'openai_runtime_cost_usd_total{estimated="false",model="gpt-4o-2024-08-06",'
-        'runtime="team-a/chat"} 0.5',
+        'openai_runtime_cost_usd_total{backend="primary",estimated="false",'
+        'model="gpt-4o-2024-08-06",runtime="team-a/chat"} 0.5',
         'openai_runtime_circuit_state{runtime="team-a/chat",scope="host",state="closed"} 0',
         'openai_runtime_requests_in_flight{runtime="team-a/chat"} 0',
         'openai_runtime_retries_total{error_type="RateLimited",runtime="team-a/chat"} 1',
