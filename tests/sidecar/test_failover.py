@@ -207,3 +207,19 @@ async def test_embeddings_fail_over_and_the_fallback_key_rotates(
         await sdk.embeddings.create(model="text-embedding-3-small", input="hi")
         assert backend_b.requests[-1].key_fingerprint == fingerprint(new_key)
     await upstream.start(port=port)
+
+
+async def test_a_stream_whose_primary_hangs_fails_over_after_first_byte_timeout(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+) -> None:
+    b = fallback(backend_b, b_key)
+    b["models"]["fake-hang"] = "gpt-4o-mini"
+    sidecar = await make_sidecar(timeouts={"firstByte": "300ms"}, fallbacks=[b])
+    async with client(sidecar) as sdk:
+        stream = await sdk.chat.completions.create(**chat("fake-hang"), stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text and [r.model for r in backend_b.requests] == ["gpt-4o-mini"]
+    assert [r.model for r in upstream.requests] == ["fake-hang"]
