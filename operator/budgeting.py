@@ -48,6 +48,7 @@ from .models import (
 from .posting import post_event
 from .reconciling import ensure_configmap, parse_spec, render_configmap
 from .resync import Acting
+from .rotation import annotate_pods
 from .spending import (
     Reading,
     Verdict,
@@ -239,7 +240,7 @@ async def poll_budget(
         desired = render_configmap(runtime, namespace, name, spec, gate)
         outcome = await ensure_configmap(ctx, desired)
     if outcome != "unchanged":
-        await _annotate(ctx, namespace, name, pods, desired)
+        await _annotate(ctx, namespace, pods, desired)
     reset = was is not None and was.period_start != start and was.exceeded_at is not None
     poll = BudgetPoll(spend, verdict, outcome, exceeded, reset)
     await _report(ctx, runtime, budget, poll)
@@ -264,23 +265,14 @@ def _budget_of(runtime: Mapping[str, Any] | None) -> OpenAiRuntimeSpec | None:
 async def _annotate(
     ctx: OperatorContext,
     namespace: str,
-    name: str,
     pods: Sequence[Mapping[str, Any]],
     configmap: Mapping[str, Any],
 ) -> None:
-    # kubelet refreshes a mounted ConfigMap on its next sync of the pod, which
-    # a change to the pod starts at once: the verdict reaches the sidecars in
-    # seconds rather than within kubelet's sync period and cache TTL.
+    # The verdict reaches the sidecars in seconds rather than within kubelet's
+    # sync period and cache TTL (see annotate_pods).
     text = "".join(str(v) for v in (configmap.get("data") or {}).values())
     version = hashlib.sha256(text.encode()).hexdigest()[:16]
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        if (meta.get("annotations") or {}).get(ANNOTATION_CONFIG_VERSION) == version:
-            continue
-        pod_path = resource_path("v1", "pods", namespace, meta.get("name"))
-        await ctx.api.merge_patch(
-            pod_path, {"metadata": {"annotations": {ANNOTATION_CONFIG_VERSION: version}}}
-        )
+    await annotate_pods(ctx, namespace, pods, ANNOTATION_CONFIG_VERSION, version)
 
 
 async def _report(

@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import kopf
@@ -45,6 +45,7 @@ from .status import Observation, StatusChange, resolve_credential, write_status
 __all__ = [
     "Uses",
     "after_rotation",
+    "annotate_pods",
     "as_body",
     "nudge_pods",
     "on_secret_event",
@@ -115,21 +116,39 @@ async def rotation_event(
     )
 
 
+async def annotate_pods(
+    ctx: OperatorContext,
+    namespace: str,
+    pods: Sequence[Mapping[str, Any]],
+    annotation: str,
+    value: str,
+) -> tuple[int, int]:
+    """Set ``annotation`` to ``value`` on the pods that do not carry it yet.
+
+    A change to a pod makes kubelet sync it, refreshing its mounted Secrets and
+    ConfigMaps at once rather than within its sync period. Returns (annotated,
+    replaced): how many pods were patched, and of those how many carried
+    another value before (not a first annotation).
+    """
+    annotated = replaced = 0
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        before = (meta.get("annotations") or {}).get(annotation)
+        if before == value:
+            continue
+        path = resource_path("v1", "pods", namespace, meta.get("name"))
+        if await ctx.api.merge_patch(path, {"metadata": {"annotations": {annotation: value}}}):
+            annotated += 1
+            replaced += before is not None
+    return annotated, replaced
+
+
 async def nudge_pods(
     ctx: OperatorContext, namespace: str, name: str, fp: str, logger: Logger
 ) -> tuple[int, int]:
     """Annotate the runtime's pods with the key's fingerprint; (pods, newly annotated)."""
     pods = await runtime_pods(ctx, namespace, name)
-    nudged = 0
-    for pod in pods:
-        meta = pod.get("metadata", {})
-        if (meta.get("annotations") or {}).get(ANNOTATION_CREDENTIAL_VERSION) == fp:
-            continue
-        path = resource_path("v1", "pods", namespace, meta.get("name"))
-        if await ctx.api.merge_patch(
-            path, {"metadata": {"annotations": {ANNOTATION_CREDENTIAL_VERSION: fp}}}
-        ):
-            nudged += 1
+    nudged, _ = await annotate_pods(ctx, namespace, pods, ANNOTATION_CREDENTIAL_VERSION, fp)
     ctx.telemetry.nudged(len(pods), nudged)
     if nudged:
         logger.info("Annotated %d of %d pods with credential version %s", nudged, len(pods), fp)
@@ -221,18 +240,11 @@ async def refresh_fallbacks(
         resolution = resolve_credential(secret, key, found)
         prints.append(f"{fallback}={resolution.fingerprint or resolution.reason}")
     version = hashlib.sha256(",".join(prints).encode()).hexdigest()[:16]
-    nudged = changed = 0
-    for pod in await runtime_pods(ctx, namespace, runtime_name):
-        meta = pod.get("metadata", {})
-        before = (meta.get("annotations") or {}).get(ANNOTATION_FALLBACK_VERSION)
-        if before == version:
-            continue
-        path = resource_path("v1", "pods", namespace, meta.get("name"))
-        patch = {"metadata": {"annotations": {ANNOTATION_FALLBACK_VERSION: version}}}
-        if await ctx.api.merge_patch(path, patch):
-            nudged += 1
-            # A first annotation (a new pod, a first look) is no rotation to report.
-            changed += before is not None
+    pods = await runtime_pods(ctx, namespace, runtime_name)
+    nudged, changed = await annotate_pods(
+        ctx, namespace, pods, ANNOTATION_FALLBACK_VERSION, version
+    )
+    # A first annotation (a new pod, a first look) is no rotation to report.
     if changed:
         logger.info("Annotated %d pods of %s with fallback keys %s", nudged, runtime_name, prints)
         await post_event(
