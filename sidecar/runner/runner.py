@@ -123,6 +123,7 @@ class OpenAiRunner:
         self._server_address = urlsplit(self._url).hostname or ""
         primary = Backend(PRIMARY, variant, self.credentials, self.circuits, self.pricing)
         self.backends: tuple[Backend, ...] = (primary, *self._fallbacks(config))
+        self._by_name = {backend.name: backend for backend in self.backends}
 
     def _fallbacks(self, config: OpenAiConfig) -> list[Backend]:
         """The fallbacks' backends; a key store and breakers outlive a reload that keeps them."""
@@ -483,7 +484,7 @@ class OpenAiRunner:
     ) -> Cost:
         """What ``usage`` costs at ``backend``, priced by the answer's ``model``
         (else the request's)."""
-        chosen = next((b for b in self.backends if b.name == backend), self.backends[0])
+        chosen = self._by_name.get(backend, self.backends[0])
         return chosen.price(usage, model=model, fallback_model=fallback_model, estimated=estimated)
 
     def _conclude(
