@@ -104,8 +104,10 @@ def status_document(sidecar: Sidecar) -> dict[str, Any]:
                     if backend.credentials.current
                     else None,
                     "source": backend.credentials.ref.describe(),
+                    "rotations": backend.credentials.rotations,
                 },
                 "circuit": backend.circuits.snapshot(),
+                "rateLimits": dict(backend.limiter.snapshot()),
             }
             for backend in sidecar.runner.backends[1:]
         ],

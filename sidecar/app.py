@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,23 @@ def _reloader(store: CredentialStore) -> Callable[[], None]:
     return reload
 
 
+def _log_key_reload(outcome: ReloadOutcome, backend: str) -> None:
+    """One line per key change or refusal, naming the backend and fingerprints only."""
+    before = outcome.previous.fingerprint if outcome.previous else None
+    if outcome.error is not None:
+        log.warning(
+            "API key not reloaded; keeping the current one",
+            extra={"fields": {"backend": backend, "reason": outcome.error, "fingerprint": before}},
+        )
+    elif outcome.changed and outcome.snapshot is not None:
+        log.info(
+            "API key loaded" if before is None else "API key rotated",
+            extra={
+                "fields": {"backend": backend, "from": before, "to": outcome.snapshot.fingerprint}
+            },
+        )
+
+
 class Sidecar:
     """Everything one sidecar process holds; tests run it in-process on port 0.
 
@@ -96,6 +114,7 @@ class Sidecar:
         self.credential_error: str | None = None
         self.credentials = CredentialStore(config.api_key)
         self.credentials.subscribe(self._credential_reloaded)
+        self._followed_stores: weakref.WeakSet[CredentialStore] = weakref.WeakSet()
         if clock is None:
             clock = telemetry.clock if telemetry is not None else SystemClock()
         self.clock: Clock = clock
@@ -171,19 +190,26 @@ class Sidecar:
     # -- reloads -----------------------------------------------------------
 
     def _credential_reloaded(self, outcome: ReloadOutcome) -> None:
-        self.telemetry.credential_reloaded(outcome)
         self.credential_error = outcome.error
-        before = outcome.previous.fingerprint if outcome.previous else None
-        if outcome.error is not None:
-            log.warning(
-                "API key not reloaded; keeping the current one",
-                extra={"fields": {"reason": outcome.error, "fingerprint": before}},
-            )
-        elif outcome.changed and outcome.snapshot is not None:
-            log.info(
-                "API key loaded" if before is None else "API key rotated",
-                extra={"fields": {"from": before, "to": outcome.snapshot.fingerprint}},
-            )
+        self._key_reloaded(outcome, self.config.name)
+
+    def _key_reloaded(self, outcome: ReloadOutcome, backend: str) -> None:
+        """Count and log a reload of any backend's key (the primary's, a fallback's)."""
+        self.telemetry.credential_reloaded(outcome, backend)
+        _log_key_reload(outcome, backend)
+
+    def _follow_fallback_key(self, name: str, store: CredentialStore) -> None:
+        """Count and log a fallback's key reloads like the primary's, from its first load."""
+        if store in self._followed_stores:
+            return
+        self._followed_stores.add(store)
+        store.subscribe(lambda outcome: self._key_reloaded(outcome, name))
+        # Its first read happened when the runner built it, before anyone listened.
+        current = store.current
+        if current is not None:
+            self._key_reloaded(ReloadOutcome(True, current, None), name)
+        else:
+            store.reload()  # reported by the listener: why there is no key yet
 
     def reload_credential(self) -> ReloadOutcome:
         return self.credentials.reload()
@@ -236,6 +262,7 @@ class Sidecar:
             (self.credentials.ref.file, self._on_key_change)
         ]
         for backend in self.runner.backends[1:]:
+            self._follow_fallback_key(backend.name, backend.credentials)
             followed.append((backend.credentials.ref.file, _reloader(backend.credentials)))
         for key_file, on_change in followed:
             if key_file is None:

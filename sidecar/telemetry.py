@@ -329,15 +329,17 @@ class Telemetry:
 
     # -- events --------------------------------------------------------------
 
-    def credential_reloaded(self, outcome: ReloadOutcome) -> None:
-        """Count a key reload: ``loaded`` (first key), ``rotated``, ``unchanged`` or ``failed``."""
+    def credential_reloaded(self, outcome: ReloadOutcome, backend: str = "primary") -> None:
+        """Count a key reload of ``backend``: ``loaded`` (first key), ``rotated``,
+        ``unchanged`` or ``failed``."""
         if outcome.error is not None:
             result = "failed"
         elif not outcome.changed:
             result = "unchanged"
         else:
             result = "rotated" if outcome.previous is not None else "loaded"
-        self.credential_reloads.add(1, {"result": result, **self.runtime_attributes})
+        attributes = {"result": result, "backend": backend, **self.runtime_attributes}
+        self.credential_reloads.add(1, attributes)
 
     def config_reloaded(self, ok: bool) -> None:
         result = "applied" if ok else "rejected"

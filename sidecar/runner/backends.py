@@ -2,23 +2,32 @@
 
 Where it sits in the flow::
 
-    OpenAiRunner._apply(config) -> Backends(primary, *fallbacks)
-    OpenAiRunner._attempts: each attempt takes the first backend, from where the
-        call stands, whose breaker admits it and whose key is loaded;
-        fails_over(error) -> the next backend at once, within the same attempts
+    OpenAiRunner._apply(config) -> (primary, *fallbacks), Weights
+    a call: Weights.order(backends) -> the backends from its first one on
+        -> admission: the first whose limiter has room now (else wait at the first)
+        -> each attempt: admitting() -> the first backend, from where the call
+           stands, whose key is loaded, breaker admits it and limiter has room;
+           fails_over(error) -> the next backend at once, within the same attempts
 
 A backend is where a call goes (URL, auth header, the model or deployment it
 is asked for), with which key (its own :class:`CredentialStore`, watched for
-rotation like the primary's), which breakers count its failures and which
-prices price its answers. Pure: no I/O.
+rotation like the primary's), which breakers count its failures, which
+limiter paces it (learning from that backend's own ``x-ratelimit-*``
+headers) and which prices price its answers. Pure: no I/O.
+
+Weights split first attempts: a call starts at a backend drawn in proportion
+to the weights, then goes on in list order, wrapping round. Without weights
+the first backend takes every first attempt, and the rest are standbys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .breaker import CircuitBreakers
+from .breaker import CircuitBreakers, CircuitPermits
 from .config import AzureVariant, DirectVariant
 from .credentials import CredentialStore
 from .errors import (
@@ -30,12 +39,13 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .pricing import Cost, PricingTable
+from .ratelimit import RateLimiter, RatePermit
 from .results import Usage
 
-__all__ = ["PRIMARY", "Backend", "fails_over"]
+__all__ = ["PRIMARY", "Backend", "Picked", "Weights", "admitting", "fails_over"]
 
 PRIMARY = "primary"
-"""The name of the config's own ``variant`` among the backends."""
+"""The primary's name unless the config names it (``name``)."""
 
 _FAILS_OVER = (RateLimited, UpstreamUnavailable, UpstreamTimeout, TransportError, CircuitOpen)
 
@@ -60,12 +70,11 @@ class Backend:
     variant: DirectVariant | AzureVariant
     credentials: CredentialStore
     circuits: CircuitBreakers
+    limiter: RateLimiter
     pricing: PricingTable
     models: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def primary(self) -> bool:
-        return self.name == PRIMARY
+    primary: bool = False
+    """The config's own ``variant``: its key is the runner's, taken once per call."""
 
     def upstream_model(self, model: str | None) -> str | None:
         """The model a direct backend is asked for in place of ``model``."""
@@ -109,3 +118,61 @@ class Backend:
         if isinstance(self.variant, AzureVariant):
             return self.deployment(model, deployment) or self.variant.deployment
         return self.upstream_model(model) or ""
+
+
+Picked = tuple[int, Backend, CircuitPermits]
+"""A backend's index in the call's order, the backend and its breakers' permit."""
+
+
+def admitting(
+    pool: Sequence[Backend],
+    start: int,
+    scope: Callable[[Backend], str],
+    permit: RatePermit,
+) -> Picked | RunnerError:
+    """The first backend of ``pool`` from ``start`` that can take an attempt now.
+
+    It has a key, its breakers admit the call, and its limiter holds the
+    call's slot or has room for it now (``permit`` moves there). Else the
+    first refusal, which ends the call or sends it to wait and start over.
+    """
+    refused: RunnerError | None = None
+    for index in range(start, len(pool)):
+        backend = pool[index]
+        if not backend.primary and backend.credentials.current is None:
+            continue
+        try:
+            circuits = backend.circuits.acquire(scope(backend))
+        except RunnerError as err:
+            refused = refused or err
+            continue
+        if permit.move_to(backend.limiter):
+            return index, backend, circuits
+        circuits.release()
+    # Only fallbacks were left, none with a key or room: as if their breakers were open.
+    return refused or CircuitOpen("no other backend can take the call now", retry_after=0.0)
+
+
+class Weights:
+    """Where each call starts among the backends, drawn in proportion to their weights."""
+
+    __slots__ = ("_bounds", "_draw")
+
+    def __init__(self, weights: Sequence[int], draw: Callable[[], float]) -> None:
+        """``weights`` per backend in order; ``draw``: a uniform float in [0, 1)."""
+        self._draw = draw
+        # Only the first backend weighs: every call starts there, no draw needed.
+        split = any(weights[1:])
+        self._bounds = list(itertools.accumulate(weights)) if split else None
+
+    @property
+    def split(self) -> bool:
+        return self._bounds is not None
+
+    def order(self, backends: tuple[Backend, ...]) -> tuple[Backend, ...]:
+        """``backends`` from this call's first one on, then round from the top."""
+        bounds = self._bounds
+        if bounds is None or len(backends) != len(bounds):
+            return backends
+        start = bisect.bisect_right(bounds, self._draw() * bounds[-1])
+        return backends[start:] + backends[:start] if start else backends

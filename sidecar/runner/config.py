@@ -271,6 +271,12 @@ class BudgetSettings(ConfigModel):
         return datetime.datetime.fromisoformat(self.blocked_until).timestamp()
 
 
+BackendName = Annotated[str, Rule(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+"""Names a backend in logs, metrics and /status (a DNS label)."""
+Weight = Annotated[int, Rule(ge=0, le=1000)]
+"""A backend's share of first attempts, relative to the others'."""
+
+
 class FallbackSettings(ConfigModel):
     """Another upstream, tried in order when the ones before it fail (``fallbacks``).
 
@@ -280,12 +286,12 @@ class FallbackSettings(ConfigModel):
     unmapped names go as they are (direct) or to the variant's deployment.
     """
 
-    name: str = Field(
-        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
-        description="Names the backend in logs and /status (a DNS label).",
-    )
+    name: BackendName = Field(description="Names the backend in logs and /status.")
     variant: Variant
     api_key: SecretRef
+    weight: Weight | None = Field(
+        default=None, description="Its share of the calls that start here (0 when unset)."
+    )
     models: dict[str, Annotated[str, Rule(min_length=1)]] = Field(
         default_factory=dict, description="App model -> this backend's model or deployment."
     )
@@ -299,6 +305,16 @@ class OpenAiConfig(ConfigModel):
 
     variant: Variant
     api_key: SecretRef
+    name: BackendName = Field(
+        default="primary", description="Names this backend in logs, metrics and /status."
+    )
+    weight: Weight | None = Field(
+        default=None,
+        description=(
+            "Its share of the calls that start here, relative to the fallbacks' weights "
+            "(1 when unset); calls go on from where they start, in order."
+        ),
+    )
     rate_limits: RateLimitSettings = RateLimitSettings()
     retry: RetrySettings = RetrySettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
@@ -317,9 +333,16 @@ class OpenAiConfig(ConfigModel):
     )
 
     def __validate__(self) -> None:
-        names = [f.name for f in self.fallbacks]
-        if len(set(names)) != len(names) or "primary" in names:
-            raise ValueError("fallback names must be unique and not 'primary'")
+        names = [self.name, *(f.name for f in self.fallbacks)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backend names must be unique, got {names}")
+        if not any(self.weights()):
+            raise ValueError("at least one backend needs a weight above 0")
+
+    def weights(self) -> list[int]:
+        """Each backend's weight in order: the primary's first (1 unless set), fallbacks' 0."""
+        primary = 1 if self.weight is None else self.weight
+        return [primary, *(f.weight or 0 for f in self.fallbacks)]
 
     @classmethod
     def defaults_for_openai(cls, api_key: SecretRef, **overrides: Any) -> OpenAiConfig:

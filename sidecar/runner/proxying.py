@@ -180,7 +180,8 @@ async def proxy(
         started_at=runner.clock.monotonic(),
     )
     prompt, output = _estimate(request)
-    permit = await runner._admit(ledger, prompt + output, spends=request.method == "POST")
+    pool = runner.order(_pool(runner, request))
+    permit = await runner._admit(ledger, prompt + output, pool, spends=request.method == "POST")
 
     async def send(
         backend: Backend, snapshot: CredentialSnapshot, extra: dict[str, str], budget: float
@@ -207,7 +208,7 @@ async def proxy(
         observer,
         _may_retry(request),
         scope=_scope(runner, request),
-        pool=_pool(runner, request),
+        pool=pool,
     )
     runner._opened(ledger, response.status)
     return ProxiedCall(runner, request, response, ledger, permit)

@@ -215,6 +215,19 @@ class RateLimiter:
                 self._queue.remove(waiter)
                 self._wake_head()
 
+    def try_acquire(self, estimated_tokens: int) -> RatePermit | None:
+        """Room for one call right now, else None: never queues, never waits.
+
+        How a call with somewhere else to go (another backend) asks: a full
+        limiter here is a reason to go there, not to wait.
+        """
+        charge = max(0, estimated_tokens)
+        if self._tokens is not None and charge > self._tokens.capacity:
+            return None
+        if self._queue or self._blocker(charge) is not None:
+            return None
+        return self._admit(estimated_tokens, charge)
+
     def observe_headers(self, headers: RateLimitHeaders) -> None:
         """Learn the shared budget from a response's ``x-ratelimit-*`` headers."""
         if not self.settings.learn_from_headers:
@@ -433,6 +446,27 @@ class RatePermit:
         if not self._done:
             self._done = True
             self._limiter._free_slot(self.tokens)
+
+    def move_to(self, limiter: RateLimiter) -> bool:
+        """Carry the call over to ``limiter`` (another backend's) if it has room now.
+
+        The slot here is freed with its estimate kept charged, since the
+        attempt that failed here reached upstream; False leaves all as it was.
+        """
+        if limiter is self._limiter or self._done:
+            return True
+        moved = limiter.try_acquire(self.estimated_tokens)
+        if moved is None:
+            return False
+        self._limiter._free_slot(self.tokens)
+        # The new slot is this permit's now: the one taken for it never frees it.
+        moved._done = True
+        self._limiter, self.tokens = limiter, moved.tokens
+        return True
+
+    def held_by(self, limiter: RateLimiter) -> bool:
+        """Whether the call's slot is ``limiter``'s."""
+        return self._limiter is limiter
 
     def __enter__(self) -> RatePermit:
         return self

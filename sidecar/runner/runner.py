@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from . import jsoncodec
-from .backends import PRIMARY, Backend, fails_over
+from .backends import PRIMARY, Backend, Picked, Weights, admitting, fails_over
 from .breaker import CircuitBreakers, CircuitPermits
 from .budgets import BudgetGate
 from .clock import Clock, SystemClock
@@ -41,7 +41,6 @@ from .config import AzureVariant, OpenAiConfig
 from .credentials import CredentialSnapshot, CredentialStore
 from .errors import (
     AuthenticationFailed,
-    CircuitOpen,
     RunnerError,
     TransportError,
     UpstreamError,
@@ -60,10 +59,9 @@ from .transport import Transport
 __all__ = ["AttemptObserver", "ChatStream", "OpenAiRunner"]
 
 T = TypeVar("T")
+_FallbackState = tuple[CredentialStore, CircuitBreakers, RateLimiter]
 Send = Callable[[Backend, CredentialSnapshot, dict[str, str], float], Awaitable[T]]
 """One attempt: to this backend, with this key, these headers, within this many seconds."""
-Picked = tuple[int, Backend, CircuitPermits]
-"""A backend's index, the backend and its breakers' permit for one attempt."""
 
 # Without max_tokens, the limiter pre-charges this many output tokens; the
 # real usage corrects the charge as soon as the call ends.
@@ -109,7 +107,7 @@ class OpenAiRunner:
         self.circuits = CircuitBreakers(config.circuit_breaker, self.clock)
         self.limiter = RateLimiter(config.rate_limits, self.clock)
         self.budget = BudgetGate(config.budget, self.clock)
-        self._fallback_state: dict[str, tuple[CredentialStore, CircuitBreakers]] = {}
+        self._fallback_state: dict[str, _FallbackState] = {}
         self._apply(config)
 
     def _apply(self, config: OpenAiConfig) -> None:
@@ -121,26 +119,39 @@ class OpenAiRunner:
         self._variant = variant
         self._url = variant.chat_completions_url()
         self._server_address = urlsplit(self._url).hostname or ""
-        primary = Backend(PRIMARY, variant, self.credentials, self.circuits, self.pricing)
+        primary = Backend(
+            config.name,
+            variant,
+            self.credentials,
+            self.circuits,
+            self.limiter,
+            self.pricing,
+            primary=True,
+        )
         self.backends: tuple[Backend, ...] = (primary, *self._fallbacks(config))
         self._by_name = {backend.name: backend for backend in self.backends}
+        self._weights = Weights(config.weights(), self._rng.random)
 
     def _fallbacks(self, config: OpenAiConfig) -> list[Backend]:
-        """The fallbacks' backends; a key store and breakers outlive a reload that keeps them."""
+        """The fallbacks' backends; a key store, breakers and limiter outlive a reload
+        that keeps them."""
         kept, built = self._fallback_state, []
         self._fallback_state = {}
         for fallback in config.fallbacks:
-            store, circuits = kept.get(fallback.name, (None, None))
+            state = kept.get(fallback.name)
+            store, circuits, limiter = state if state is not None else (None, None, None)
             if store is None or store.ref != fallback.api_key:
                 store = CredentialStore(fallback.api_key)
                 store.reload()
             if circuits is None or circuits.settings != config.circuit_breaker:
                 circuits = CircuitBreakers(config.circuit_breaker, self.clock)
-            self._fallback_state[fallback.name] = (store, circuits)
+            if limiter is None or limiter.settings != config.rate_limits:
+                limiter = RateLimiter(config.rate_limits, self.clock)
+            self._fallback_state[fallback.name] = (store, circuits, limiter)
             pricing = self._base_pricing.with_overrides({**config.pricing, **fallback.pricing})
             variant = fallback.variant.selected
             built.append(
-                Backend(fallback.name, variant, store, circuits, pricing, dict(fallback.models))
+                Backend(fallback.name, variant, store, circuits, limiter, pricing, fallback.models)
             )
         return built
 
@@ -289,10 +300,8 @@ class OpenAiRunner:
         limits = parse_rate_limit_headers(headers)
         if not limits.empty:
             ledger.rate_limits = limits
-            if backend is None or backend.primary:
-                # The limiter admits calls for the primary's budget; a fallback's
-                # headers say nothing of it.
-                self.limiter.observe_headers(limits)
+            # Each backend's headers speak of its own account's budget only.
+            (backend.limiter if backend is not None else self.limiter).observe_headers(limits)
 
     async def _attempts(
         self,
@@ -303,6 +312,7 @@ class OpenAiRunner:
         retryable: Callable[[RunnerError], bool] | None,
         scope: Callable[[Backend], str],
         pool: tuple[Backend, ...],
+        rate_permit: RatePermit,
     ) -> T:
         """Run attempts until one succeeds or the policy gives up.
 
@@ -311,7 +321,8 @@ class OpenAiRunner:
         names a backend's breaker scope (:meth:`circuit_scope` for the
         primary). A failure that another backend may serve (:func:`fails_over`)
         moves the next attempt to the next backend at once; any other retry
-        waits and starts again from the first (:meth:`_backend`). The helpers
+        waits and starts again from the first (:meth:`_backend`). The call's
+        ``rate_permit`` moves along to the limiter of the backend it tries. The helpers
         are plain functions on purpose: each coroutine layer between the
         handler and the transport costs a frame on every resume.
         """
@@ -326,7 +337,7 @@ class OpenAiRunner:
             attempt += 1
             ledger.attempts = attempt
             if picked is None:
-                picked = self._backend(pool, scope, ledger, attempt, last_error)
+                picked = self._backend(pool, scope, ledger, attempt, last_error, rate_permit)
             index, backend, permit = picked
             picked = None
             snapshot = primary_key if backend.primary else backend.credentials.require()
@@ -356,7 +367,7 @@ class OpenAiRunner:
                         continue
                 if index + 1 < len(pool) and self._failover(err, attempt, deadline, retryable):
                     # The next backend that admits the call, if any; else as without one.
-                    found = self._admitting(pool, index + 1, scope)
+                    found = admitting(pool, index + 1, scope, rate_permit)
                     if not isinstance(found, RunnerError):
                         picked = found
                         continue
@@ -389,24 +400,6 @@ class OpenAiRunner:
             and (retryable is None or retryable(err))
         )
 
-    @staticmethod
-    def _admitting(
-        pool: tuple[Backend, ...], start: int, scope: Callable[[Backend], str]
-    ) -> Picked | RunnerError:
-        """The first backend of ``pool`` from ``start`` whose breakers admit the call and
-        whose key is loaded, with its permit; else the first refusal."""
-        refused: RunnerError | None = None
-        for index in range(start, len(pool)):
-            backend = pool[index]
-            if not backend.primary and backend.credentials.current is None:
-                continue
-            try:
-                return index, backend, backend.circuits.acquire(scope(backend))
-            except RunnerError as err:
-                refused = refused or err
-        # Only fallbacks were left, none with a key: as if their breakers were open.
-        return refused or CircuitOpen("no fallback has an API key", retry_after=0.0)
-
     def _backend(
         self,
         pool: tuple[Backend, ...],
@@ -414,10 +407,11 @@ class OpenAiRunner:
         ledger: CallLedger,
         attempt: int,
         last_error: RunnerError | None,
+        rate_permit: RatePermit,
     ) -> Picked:
         """Where an attempt goes: the first backend that admits it; else the error that
         ends the call."""
-        found = self._admitting(pool, 0, scope)
+        found = admitting(pool, 0, scope, rate_permit)
         if not isinstance(found, RunnerError):
             return found
         refused = found
@@ -484,7 +478,7 @@ class OpenAiRunner:
     ) -> Cost:
         """What ``usage`` costs at ``backend``, priced by the answer's ``model``
         (else the request's)."""
-        chosen = self._by_name.get(backend, self.backends[0])
+        chosen = self._by_name.get(backend) or self.backends[0]
         return chosen.price(usage, model=model, fallback_model=fallback_model, estimated=estimated)
 
     def _conclude(
@@ -525,26 +519,44 @@ class OpenAiRunner:
 
     async def _begin(
         self, body: Mapping[str, Any], stream: bool
-    ) -> tuple[CallLedger, bytes, int, RatePermit]:
-        """Encode the request and wait for the limiter.
+    ) -> tuple[CallLedger, bytes, int, RatePermit, tuple[Backend, ...]]:
+        """Encode the request and wait for a limiter.
 
-        Returns the ledger, the payload, the prompt estimate and the limiter's permit.
+        Returns the ledger, the payload, the prompt estimate, the limiter's
+        permit and the backends in the order this call tries them.
         """
         ledger = self._new_ledger(body, stream=stream)
         data = self._encode(body, stream, ledger)
         prompt, output = self.estimate_tokens(body)
-        return ledger, data, prompt, await self._admit(ledger, prompt + output)
+        pool = self.order()
+        return ledger, data, prompt, await self._admit(ledger, prompt + output, pool), pool
 
-    async def _admit(self, ledger: CallLedger, tokens: int, *, spends: bool = True) -> RatePermit:
-        """The budget, then the limiter; a refusal ends the call (its error carries the outcome).
+    def order(self, pool: tuple[Backend, ...] | None = None) -> tuple[Backend, ...]:
+        """The backends (all, or ``pool``) in the order a new call tries them (weights)."""
+        return self._weights.order(self.backends if pool is None else pool)
 
-        ``spends``: the call may cost (every POST); reads and deletes pass a
-        used-up budget.
+    async def _admit(
+        self, ledger: CallLedger, tokens: int, pool: tuple[Backend, ...], *, spends: bool = True
+    ) -> RatePermit:
+        """The budget, then a limiter; a refusal ends the call (its error carries the outcome).
+
+        With several backends the call takes the first of ``pool`` whose
+        limiter has room now, so a spent account (learned from its headers)
+        sends calls on rather than holding them; with none it waits at the
+        first. ``spends``: the call may cost (every POST); reads and deletes
+        pass a used-up budget.
         """
+        ledger.backend = pool[0].name
         try:
             if spends:
                 self.budget.check()
-            return await self.limiter.acquire(tokens)
+            if len(pool) > 1:
+                for backend in pool:
+                    if backend.primary or backend.credentials.current is not None:
+                        permit = backend.limiter.try_acquire(tokens)
+                        if permit is not None:
+                            return permit
+            return await pool[0].limiter.acquire(tokens)
         except RunnerError as err:
             err.attempts = 0
             err.outcome = ledger.conclude(now=self.clock.monotonic(), error=err)
@@ -565,15 +577,15 @@ class OpenAiRunner:
         retryable: Callable[[RunnerError], bool] | None = None,
         *,
         scope: Callable[[Backend], str],
-        pool: tuple[Backend, ...] | None = None,
+        pool: tuple[Backend, ...],
     ) -> T:
         """The attempts of one admitted call; a failure settles the books before it is raised.
 
-        ``pool``: the backends this call may go to (all of them by default).
+        ``pool``: the backends this call may go to, in its order (:meth:`order`).
         """
         try:
             return await self._attempts(
-                ledger, send, extra_headers, observer, retryable, scope, pool or self.backends
+                ledger, send, extra_headers, observer, retryable, scope, pool, rate_permit
             )
         except RunnerError as err:
             self._conclude(ledger, rate_permit, None, err)
@@ -596,7 +608,7 @@ class OpenAiRunner:
         Azure: ``deployment`` and ``api_version`` (from an Azure-style URL the
         app called) replace the configured ones for this call.
         """
-        ledger, data, _, rate_permit = await self._begin(body, stream=False)
+        ledger, data, _, rate_permit, pool = await self._begin(body, stream=False)
         route = self._route(body, data, deployment, api_version)
 
         async def send(
@@ -644,6 +656,7 @@ class OpenAiRunner:
             headers,
             observer,
             scope=self.scopes(ledger.request_model, deployment),
+            pool=pool,
         )
         ledger.status = status
         ledger.response_model = _text(payload.get("model"))
@@ -673,7 +686,7 @@ class OpenAiRunner:
         Errors before that point are raised here (after retries); later ones are
         raised while iterating the returned :class:`ChatStream`.
         """
-        ledger, data, prompt, rate_permit = await self._begin(body, stream=True)
+        ledger, data, prompt, rate_permit, pool = await self._begin(body, stream=True)
         route = self._route(body, data, deployment, api_version)
 
         async def send(
@@ -697,6 +710,8 @@ class OpenAiRunner:
             )
 
         scope = self.scopes(ledger.request_model, deployment)
-        attempt = await self._call(ledger, rate_permit, send, headers, observer, scope=scope)
+        attempt = await self._call(
+            ledger, rate_permit, send, headers, observer, scope=scope, pool=pool
+        )
         self._opened(ledger, attempt.status)
         return ChatStream(self, attempt, ledger, rate_permit, prompt)

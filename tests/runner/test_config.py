@@ -377,6 +377,8 @@ def test_dump_is_camel_case_with_duration_strings() -> None:
     assert set(dumped) == {
         "variant",
         "apiKey",
+        "name",
+        "weight",
         "rateLimits",
         "retry",
         "circuitBreaker",

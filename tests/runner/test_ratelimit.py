@@ -591,3 +591,45 @@ def test_no_window_admits_more_than_the_buckets_allow(
             window = [t for when, t in admitted if start <= when <= start + span]
             assert len(window) <= rpm + rpm / 60 * span + 1e-6
             assert sum(window) <= tpm + tpm / 60 * span + 1e-6
+
+
+async def test_try_acquire_admits_only_what_fits_now_and_never_queues() -> None:
+    limiter, _ = make(concurrency=1, tpm=100)
+    permit = limiter.try_acquire(10)
+    assert permit is not None
+    assert limiter.try_acquire(10) is None  # the one slot is taken: no wait, no queue
+    assert limiter.snapshot()["queued"] == 0
+    permit.release()
+    assert limiter.try_acquire(101) is None  # never fits
+    held = limiter.try_acquire(85)  # the released 10 stay charged: 90 left
+    assert held is not None
+    held.release()
+    assert limiter.try_acquire(10) is None  # 5 left
+
+
+async def test_try_acquire_respects_a_spent_provider_budget() -> None:
+    limiter, clock = make()
+    limiter.observe_headers(RateLimitHeaders(remaining_requests=0, reset_requests=20.0))
+    assert limiter.try_acquire(1) is None
+    clock.advance(20.0)
+    assert limiter.try_acquire(1) is not None
+
+
+async def test_a_permit_moves_to_another_limiter_only_if_it_has_room() -> None:
+    here, _ = make(concurrency=1, tpm=1000)
+    there, _ = make(concurrency=1, tpm=1000)
+    permit = await here.acquire(100)
+    blocker = there.try_acquire(1)
+    assert blocker is not None
+    assert not permit.move_to(there)  # full: the call stays where it was
+    assert permit.held_by(here) and here.snapshot()["in_flight"] == 1
+    blocker.release()
+    assert permit.move_to(there)
+    assert permit.held_by(there)
+    assert here.snapshot()["in_flight"] == 0 and there.snapshot()["in_flight"] == 1
+    assert here.snapshot()["tokens_available"] == pytest.approx(900)  # the attempt reached it
+    permit.settle(40)
+    assert there.snapshot()["in_flight"] == 0
+    assert there.snapshot()["tokens_available"] == pytest.approx(1000 - 1 - 40)
+    assert permit.move_to(here)  # settled: nothing left to carry
+    assert here.snapshot()["in_flight"] == 0

@@ -8,6 +8,7 @@ call whose model is ``fake-<scenario>``; B's model map sends such names to
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from openai_runtime_sidecar.runner.credentials import fingerprint
 from tests.support import SecretVolume, points, unaccepting_port
 
 from .conftest import SidecarFactory
-from .test_rotation import eventually
+from .test_rotation import eventually, metric, scrape
 
 B_KEY = "sk-backend-b-0000000000000000"
 FAILING = ("server-error", "overloaded", "rate-limit", "insufficient-quota", "context-length")
@@ -188,7 +189,9 @@ async def test_embeddings_fail_over_and_the_fallback_key_rotates(
     upstream: FakeUpstream,
     backend_b: FakeUpstream,
     b_key: SecretVolume,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="openai_runtime.sidecar")
     sidecar = await make_sidecar(fallbacks=[fallback(backend_b, b_key)])
     port = int(upstream.url.rsplit(":", 1)[1])
     await upstream.stop()
@@ -207,6 +210,16 @@ async def test_embeddings_fail_over_and_the_fallback_key_rotates(
         await sdk.embeddings.create(model="text-embedding-3-small", input="hi")
         assert backend_b.requests[-1].key_fingerprint == fingerprint(new_key)
     await upstream.start(port=port)
+    # Counted and logged as the primary's are, by backend, by fingerprint only.
+    text = await scrape(sidecar)
+    reloads = "openai_runtime_credential_reloads_total"
+    assert metric(text, reloads, backend="b", result="loaded") == 1
+    assert metric(text, reloads, backend="b", result="rotated") == 1
+    assert metric(text, reloads, backend="primary", result="rotated") == 0
+    [rotated] = [r for r in caplog.records if r.getMessage() == "API key rotated"]
+    fields = rotated.fields  # type: ignore[attr-defined]
+    assert fields == {"backend": "b", "from": fingerprint(B_KEY), "to": fingerprint(new_key)}
+    assert new_key not in caplog.text and B_KEY not in caplog.text
 
 
 async def test_a_stream_whose_primary_hangs_fails_over_after_first_byte_timeout(
@@ -223,3 +236,54 @@ async def test_a_stream_whose_primary_hangs_fails_over_after_first_byte_timeout(
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text and [r.model for r in backend_b.requests] == ["gpt-4o-mini"]
     assert [r.model for r in upstream.requests] == ["fake-hang"]
+
+
+async def test_a_spent_account_sends_calls_to_the_fallback_until_its_reset(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+) -> None:
+    clock = ManualClock(auto_advance=True)
+    sidecar = await make_sidecar(clock=clock, fallbacks=[fallback(backend_b, b_key)])
+    async with client(sidecar) as sdk:
+        # A's headers say its account has no tokens left until its reset, a minute away.
+        spent = {"x-fake-remaining-tokens": "0"}
+        await sdk.chat.completions.create(**chat("gpt-4o-mini"), extra_headers=spent)
+        for _ in range(3):
+            raw = await sdk.chat.completions.with_raw_response.create(**chat("gpt-4o-mini"))
+            assert raw.headers["x-openai-runtime-attempts"] == "1"
+        # Admitted at B at once: no wait for A's reset, no 429 asked of A.
+        assert len(upstream.requests) == 1 and len(backend_b.requests) == 3
+        assert clock.sleeps == []
+        document = status_document(sidecar)
+        assert document["rateLimits"]["provider_remaining_tokens"] == 0
+        [b] = document["fallbacks"]
+        assert b["rateLimits"]["provider_remaining_tokens"] > 0  # B learned from its own
+
+        clock.advance(61)  # A's account is full again: calls start there again
+        await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+        assert len(upstream.requests) == 2 and len(backend_b.requests) == 3
+
+
+async def test_weights_choose_where_calls_start_and_failover_wraps_round(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+    metrics: InMemoryMetricReader,
+) -> None:
+    # All the weight on B: A becomes B's standby.
+    b = {**fallback(backend_b, b_key), "weight": 1}
+    sidecar = await make_sidecar(name="a", weight=0, fallbacks=[b])
+    async with client(sidecar) as sdk:
+        for _ in range(3):
+            await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+        assert len(backend_b.requests) == 3 and upstream.requests == []
+        await backend_b.stop()  # B is down: calls go round to A, with no app-visible error
+        raw = await sdk.chat.completions.with_raw_response.create(**chat("gpt-4o-mini"))
+        assert raw.parse().choices[0].message.content
+    assert len(upstream.requests) == 1 and raw.headers["x-openai-runtime-attempts"] == "2"
+    served = {p.attributes["backend"] for p in points(metrics)["openai_runtime.requests"]}
+    assert served == {"a", "b"}  # the primary's own name, not "primary"
+    assert set(status_document(sidecar)["backends"]) == {"a", "b"}
