@@ -31,8 +31,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from openai_runtime_sidecar.runner.backends import PRIMARY
-
 from .convergence import ConvergenceSettings, pod_statuses, runtime_pods
 from .kubeapi import resource_path
 from .models import (
@@ -99,7 +97,7 @@ def _readings(pods: Sequence[Mapping[str, Any]], documents: Sequence[Any]) -> di
 
 def backend_health(spec: OpenAiRuntimeSpec, documents: Sequence[Any]) -> list[BackendHealth]:
     """Per backend, how many answering pods report its circuits all closed."""
-    names = [PRIMARY, *(f.name for f in spec.fallbacks)]
+    names = [spec.primary.name, *(f.name for f in spec.fallbacks)]
     pods = dict.fromkeys(names, 0)
     healthy = dict.fromkeys(names, 0)
     for document in documents:

@@ -83,16 +83,37 @@ RULES: Mapping[tuple[str, ...], list[dict[str, str]]] = {
             "message": "set variant.azure.resource or variant.azure.endpoint",
         }
     ],
-    ("spec", "fallbacks", "[]", "variant"): [
+    ("spec",): [
+        {
+            "rule": (
+                "(has(self.backends) && size(self.backends) > 0) "
+                "!= (has(self.variant) || has(self.apiKeySecretRef))"
+            ),
+            "message": "set variant and apiKeySecretRef, or backends, not both",
+        },
+        {
+            "rule": ("has(self.backends) || (has(self.variant) && has(self.apiKeySecretRef))"),
+            "message": "set variant and apiKeySecretRef, or backends",
+        },
+        {
+            "rule": (
+                "!has(self.backends) || size(self.backends) == 0 "
+                "|| !has(self.backends[0].weight) "
+                "|| self.backends.exists(b, has(b.weight) && b.weight > 0)"
+            ),
+            "message": "at least one backend needs a weight above 0",
+        },
+    ],
+    ("spec", "backends", "[]", "variant"): [
         {
             "rule": "has(self.direct) != has(self.azure)",
-            "message": "set exactly one of direct or azure in each fallback's variant",
+            "message": "set exactly one of direct or azure in each backend's variant",
         }
     ],
-    ("spec", "fallbacks", "[]", "variant", "azure"): [
+    ("spec", "backends", "[]", "variant", "azure"): [
         {
             "rule": "has(self.resource) || has(self.endpoint)",
-            "message": "set resource or endpoint in each fallback's azure variant",
+            "message": "set resource or endpoint in each backend's azure variant",
         }
     ],
     ("spec", "models"): [

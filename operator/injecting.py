@@ -50,6 +50,7 @@ from .models import (
     API_VERSION,
     CONTAINER_NAME,
     LABEL_RUNTIME,
+    MAX_BACKENDS,
     PLURAL,
     OpenAiRuntimeSpec,
 )
@@ -77,7 +78,7 @@ PLACEHOLDER_API_KEY = "injected-by-openai-runtime"
 """What apps see as OPENAI_API_KEY: the SDK insists on one; the sidecar holds the real key."""
 CONFIG_VOLUME = "openai-runtime-config"
 KEY_VOLUME = "openai-runtime-key"
-_MAX_FALLBACKS = 4  # OpenAiRuntimeSpec.fallbacks' bound
+_MAX_FALLBACKS = MAX_BACKENDS - 1
 DENIED = 403
 
 
@@ -157,7 +158,7 @@ def _volumes(runtime_name: str, spec: OpenAiRuntimeSpec) -> list[dict[str, Any]]
     return [
         {"name": CONFIG_VOLUME, "configMap": {"name": configmap_name(runtime_name)}},
         # The whole Secret, so kubelet's atomic ``..data`` swap reaches the file.
-        {"name": KEY_VOLUME, "secret": {"secretName": spec.api_key_secret_ref.name}},
+        {"name": KEY_VOLUME, "secret": {"secretName": spec.primary.api_key_secret_ref.name}},
         *(
             {"name": fallback_volume(index), "secret": {"secretName": f.api_key_secret_ref.name}}
             for index, f in enumerate(spec.fallbacks)

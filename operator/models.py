@@ -60,17 +60,18 @@ __all__ = [
     "KIND",
     "LABEL_RUNTIME",
     "MAX_ALLOWED_MODELS",
+    "MAX_BACKENDS",
     "MAX_MODEL_NAME_LENGTH",
     "PLURAL",
     "SHORT",
     "SINGULAR",
     "VERSION",
     "BackendHealth",
+    "BackendSpec",
     "BudgetSpec",
     "Condition",
     "ConvergenceStatus",
     "CredentialStatus",
-    "FallbackSpec",
     "OpenAiRuntimeSpec",
     "OpenAiRuntimeStatus",
     "PodSpend",
@@ -199,17 +200,28 @@ class SidecarSettings(ConfigModel):
     )
 
 
-class FallbackSpec(ConfigModel):
-    """Another upstream with its own key, tried in order when the ones before it fail."""
+MAX_BACKENDS = 5
+"""Upstreams a runtime may list: a primary and four to fail over to."""
+
+
+class BackendSpec(ConfigModel):
+    """One upstream of ``spec.backends``, with its own key, weight, models and prices."""
 
     name: str = Field(
         min_length=1,
         max_length=40,
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        description="Names the backend in logs, spans and /status (a DNS label).",
+        description="Names the backend in logs, spans, metrics and /status (a DNS label).",
     )
     variant: Variant = Field(description="Exactly one of direct or azure.")
     api_key_secret_ref: SecretKeyRef = Field(description="The Secret key holding its API key.")
+    weight: Annotated[int, Rule(ge=0, le=1000)] | None = Field(
+        default=None,
+        description=(
+            "Its share of the calls that start here, relative to the others' (the first "
+            "backend 1 and the rest 0 when unset: the rest are standbys)."
+        ),
+    )
     models: dict[str, Annotated[str, Rule(min_length=1, max_length=MAX_MODEL_NAME_LENGTH)]] = Field(
         default_factory=dict,
         max_length=MAX_ALLOWED_MODELS,
@@ -221,10 +233,14 @@ class FallbackSpec(ConfigModel):
     )
 
 
-def _distinct_names(value: list[FallbackSpec]) -> list[FallbackSpec]:
-    names = [f.name for f in value]
-    if len(set(names)) != len(names) or "primary" in names:
-        raise ValueError("fallback names must be unique and not 'primary'")
+def _distinct_names(value: list[BackendSpec]) -> list[BackendSpec]:
+    names = [b.name for b in value]
+    if len(set(names)) != len(names):
+        raise ValueError(f"backend names must be unique, got {names}")
+    if value and not any(
+        (b.weight if b.weight is not None else int(i == 0)) for i, b in enumerate(value)
+    ):
+        raise ValueError("at least one backend needs a weight above 0")
     return value
 
 
@@ -289,10 +305,29 @@ def _bounded_models(value: ModelSettings) -> ModelSettings:
 
 
 class OpenAiRuntimeSpec(ConfigModel):
-    """Desired state: one upstream, one key, the models apps may use, and every policy."""
+    """Desired state: the upstreams and their keys, the models apps may use, every policy.
 
-    variant: Variant = Field(description="Exactly one of direct or azure.")
-    api_key_secret_ref: SecretKeyRef = Field(description="The Secret key holding the API key.")
+    One upstream is ``variant`` plus ``apiKeySecretRef``; several are
+    ``backends``, in order, in their place (the one-upstream form is a
+    one-backend list named ``primary``).
+    """
+
+    variant: Variant | None = Field(
+        default=None, description="The upstream: exactly one of direct or azure (or backends)."
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="The Secret key holding the API key (or backends)."
+    )
+    backends: Annotated[list[BackendSpec], After(_distinct_names)] = Field(
+        default_factory=list,
+        max_length=MAX_BACKENDS,
+        description=(
+            "Upstreams in place of variant and apiKeySecretRef. A call starts at the first "
+            "(or one drawn by weight) and moves on to the next on a 429 (not "
+            "insufficient_quota), a 5xx, a timeout, a transport error or an open circuit, "
+            "within the same attempts."
+        ),
+    )
     models: Annotated[ModelSettings, After(_bounded_models)] = Field(
         default_factory=ModelSettings, description="Which models apps may ask for."
     )
@@ -316,25 +351,41 @@ class OpenAiRuntimeSpec(ConfigModel):
     budget: BudgetSpec | None = Field(
         default=None, description="A spend limit per day or month across all pods."
     )
-    fallbacks: Annotated[list[FallbackSpec], After(_distinct_names)] = Field(
-        default_factory=list,
-        max_length=4,
-        description=(
-            "Upstreams tried in order after variant on a 429 (not insufficient_quota), a "
-            "5xx, a timeout, a transport error or an open circuit, each with its own key."
-        ),
-    )
+
+    def __validate__(self) -> None:
+        single = self.variant is not None or self.api_key_secret_ref is not None
+        if self.backends and single:
+            raise ValueError("set variant and apiKeySecretRef, or backends, not both")
+        if not self.backends and (self.variant is None or self.api_key_secret_ref is None):
+            raise ValueError("set variant and apiKeySecretRef, or backends")
+
+    @property
+    def primary(self) -> BackendSpec:
+        """The first backend: where calls start unless weights say otherwise."""
+        if self.backends:
+            return self.backends[0]
+        assert self.variant is not None
+        assert self.api_key_secret_ref is not None
+        return BackendSpec(
+            name="primary", variant=self.variant, api_key_secret_ref=self.api_key_secret_ref
+        )
+
+    @property
+    def fallbacks(self) -> list[BackendSpec]:
+        """The backends after the first (their keys are mounted apart)."""
+        return list(self.backends[1:])
 
     @property
     def variant_name(self) -> Literal["direct", "azure"]:
         """``direct`` or ``azure`` (shown in ``kubectl get`` through the status)."""
-        return "azure" if self.variant.azure is not None else "direct"
+        return "azure" if self.primary.variant.azure is not None else "direct"
 
     @property
     def target_model(self) -> str | None:
         """What the runtime calls: the Azure deployment, else the default model if any."""
-        if self.variant.azure is not None:
-            return self.variant.azure.deployment
+        azure = self.primary.variant.azure
+        if azure is not None:
+            return azure.deployment
         return self.models.default
 
 
@@ -462,25 +513,35 @@ class OpenAiRuntimeStatus(_StatusModel):
 
 def key_file_path(spec: OpenAiRuntimeSpec) -> str:
     """Where the sidecar reads the key: the Secret volume's file for the referenced key."""
-    return key_file(spec.api_key_secret_ref.key)
+    return key_file(spec.primary.api_key_secret_ref.key)
+
+
+def _raw_backends(spec: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    backends = spec.get("backends")
+    if not isinstance(backends, list):
+        return []
+    return [b for b in backends if isinstance(b, Mapping)]
 
 
 def api_key_secret(spec: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The Secret name and key an unvalidated spec refers to, if it names a Secret.
+    """The Secret name and key an unvalidated spec refers to for its first backend.
 
     Read from the raw object, not the model, so that the key's status is
     reported (and rotations followed) even while another field is invalid.
     """
-    return _secret_ref(spec.get("apiKeySecretRef"))
+    if "apiKeySecretRef" in spec:
+        return _secret_ref(spec.get("apiKeySecretRef"))
+    backends = _raw_backends(spec)
+    return _secret_ref(backends[0].get("apiKeySecretRef")) if backends else None
 
 
 def fallback_secrets(spec: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
-    """Each fallback's Secret name and key, by fallback name, from an unvalidated spec."""
+    """The Secret name and key of each backend after the first, by name, from an
+    unvalidated spec."""
     found: dict[str, tuple[str, str]] = {}
-    fallbacks = spec.get("fallbacks")
-    for fallback in fallbacks if isinstance(fallbacks, list) else []:
-        name = fallback.get("name") if isinstance(fallback, Mapping) else None
-        ref = _secret_ref(fallback.get("apiKeySecretRef")) if isinstance(name, str) else None
+    for backend in _raw_backends(spec)[1:]:
+        name = backend.get("name")
+        ref = _secret_ref(backend.get("apiKeySecretRef")) if isinstance(name, str) else None
         if isinstance(name, str) and ref is not None:
             found[name] = ref
     return found
@@ -506,10 +567,15 @@ def render_sidecar_config(
     webhook relies on); everything the spec says is copied. ``budget`` is the
     operator's judgement of the spend (:func:`.spending.gate_settings`).
     """
+    primary = spec.primary
     return SidecarConfig(
         runtime=RuntimeRef(namespace=namespace, name=name),
-        variant=spec.variant,
+        variant=primary.variant,
         api_key=SecretRef(file=key_file_path(spec)),
+        name=primary.name,
+        weight=primary.weight,
+        upstream_models=dict(primary.models),
+        upstream_pricing=dict(primary.pricing),
         models=spec.models,
         pricing=dict(spec.pricing),
         rate_limits=spec.rate_limits,
@@ -524,6 +590,7 @@ def render_sidecar_config(
                 api_key=SecretRef(
                     file=fallback_key_file(fallback.name, fallback.api_key_secret_ref.key)
                 ),
+                weight=fallback.weight,
                 models=dict(fallback.models),
                 pricing=dict(fallback.pricing),
             )

@@ -217,6 +217,14 @@ class TimeoutSettings(ConfigModel):
         description="Streams: from sending the request to the first response byte.",
     )
     stream_idle: Duration = Field(default=60.0, description="Streams: longest gap between chunks.")
+    attempt: Duration | None = Field(
+        default=None,
+        description=(
+            "Non-streamed calls: the longest wait for one attempt's answer before it counts "
+            "as a timeout and the call moves on (a retry, or the next backend). Unset: "
+            "total alone bounds it."
+        ),
+    )
     total: Duration = Field(
         default=600.0, description="The whole call, retries and backoff included."
     )
@@ -314,6 +322,17 @@ class OpenAiConfig(ConfigModel):
             "Its share of the calls that start here, relative to the fallbacks' weights "
             "(1 when unset); calls go on from where they start, in order."
         ),
+    )
+    upstream_models: dict[str, Annotated[str, Rule(min_length=1)]] = Field(
+        default_factory=dict,
+        description=(
+            "App model -> this backend's model (direct) or deployment (Azure), like a "
+            "fallback's models; empty: names go as the app sent them."
+        ),
+    )
+    upstream_pricing: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="This backend's own price overrides, over pricing (a fallback's are its own).",
     )
     rate_limits: RateLimitSettings = RateLimitSettings()
     retry: RetrySettings = RetrySettings()

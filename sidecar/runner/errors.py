@@ -227,7 +227,7 @@ class UpstreamUnavailable(UpstreamError):
 
 
 class UpstreamTimeout(RunnerError):
-    """No answer in time. ``phase`` is connect, first_byte, stream_idle or total."""
+    """No answer in time. ``phase`` is connect, first_byte, attempt, stream_idle or total."""
 
     retryable = True
     health_failure = True

@@ -114,7 +114,7 @@ def _scope(runner: OpenAiRunner, request: ProxyRequest) -> Callable[[Backend], s
     """The breaker scope: Azure's deployment for per-deployment calls, else the model."""
 
     def scope(backend: Backend) -> str:
-        if not backend.primary:
+        if not backend.primary or backend.models:
             return backend.scope(request.model, request.deployment)
         per_deployment = request.operation.per_deployment and not request.azure_v1
         if isinstance(backend.variant, AzureVariant) and per_deployment:
@@ -152,7 +152,7 @@ def _target(backend: Backend, request: ProxyRequest) -> tuple[str, Body]:
         url = f"{variant.base_url()}/openai/v1{request.path}"
         return (f"{url}?{request.query}" if request.query else url), body
     deployment: str | None
-    if backend.primary:
+    if backend.primary and not backend.models:
         deployment = request.deployment or variant.deployment
     else:
         deployment = backend.deployment(request.model, request.deployment)

@@ -113,7 +113,9 @@ class OpenAiRunner:
     def _apply(self, config: OpenAiConfig) -> None:
         self._config = config
         self.retry_policy = RetryPolicy(config.retry, self._rng)
-        self.pricing = self._base_pricing.with_overrides(config.pricing)
+        self.pricing = self._base_pricing.with_overrides(
+            {**config.pricing, **config.upstream_pricing}
+        )
         self.transport.timeouts = config.timeouts
         variant = config.variant.selected
         self._variant = variant
@@ -126,6 +128,7 @@ class OpenAiRunner:
             self.circuits,
             self.limiter,
             self.pricing,
+            config.upstream_models,
             primary=True,
         )
         self.backends: tuple[Backend, ...] = (primary, *self._fallbacks(config))
@@ -188,7 +191,7 @@ class OpenAiRunner:
         """A call's breaker scope on each backend (see :meth:`circuit_scope`)."""
 
         def scope(backend: Backend) -> str:
-            if backend.primary:
+            if backend.primary and not backend.models:
                 return self.circuit_scope(model, deployment)
             return backend.scope(model, deployment)
 
@@ -259,7 +262,7 @@ class OpenAiRunner:
         routes: dict[str, tuple[str, bytes]] = {}
 
         def route(backend: Backend) -> tuple[str, bytes]:
-            if backend.primary:
+            if backend.primary and not backend.models:
                 return primary
             found = routes.get(backend.name)
             if found is None:

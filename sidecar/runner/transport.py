@@ -167,11 +167,17 @@ class Transport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, budget)
         # A non-streaming answer is generated before its first byte, so only
-        # the total budget applies to it.
-        first_byte = self.timeouts.first_byte if stream else budget
+        # the total budget applies to it, or the attempt's bound if one is set.
+        if stream:
+            first_byte, phase = self.timeouts.first_byte, "first_byte"
+        elif self.timeouts.attempt is not None:
+            first_byte, phase = self.timeouts.attempt, "attempt"
+        else:
+            first_byte, phase = budget, "total"
         first_byte_deadline = loop.time() + first_byte
         wait = min(budget, first_byte)
-        phase = "first_byte" if first_byte < budget else "total"
+        if first_byte >= budget:
+            phase = "total"
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.timeouts.connect, connect=self.timeouts.connect
         )

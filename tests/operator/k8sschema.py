@@ -143,6 +143,26 @@ CEL: Mapping[str, Callable[[Mapping[str, Any]], bool]] = {
         or len(s["allow"]) == 0
         or s["default"] in s["allow"]
     ),
+    (
+        "(has(self.backends) && size(self.backends) > 0) "
+        "!= (has(self.variant) || has(self.apiKeySecretRef))"
+    ): lambda s: (
+        bool(_has(s, "backends") and s["backends"])
+        != (_has(s, "variant") or _has(s, "apiKeySecretRef"))
+    ),
+    "has(self.backends) || (has(self.variant) && has(self.apiKeySecretRef))": lambda s: (
+        _has(s, "backends") or (_has(s, "variant") and _has(s, "apiKeySecretRef"))
+    ),
+    (
+        "!has(self.backends) || size(self.backends) == 0 "
+        "|| !has(self.backends[0].weight) "
+        "|| self.backends.exists(b, has(b.weight) && b.weight > 0)"
+    ): lambda s: (
+        not _has(s, "backends")
+        or len(s["backends"]) == 0
+        or not _has(s["backends"][0], "weight")
+        or any(_has(b, "weight") and b["weight"] > 0 for b in s["backends"])
+    ),
 }
 """Each CEL rule of the CRD with its Python equivalent."""
 

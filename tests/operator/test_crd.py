@@ -57,7 +57,9 @@ INVALID: dict[str, set[str]] = {
     "zero-attempts.yaml": {"model", "schema"},
     "bad-duration.yaml": {"model", "schema"},
     "unknown-field.yaml": {"model", "strict-fields"},
-    "fallback-both-variants.yaml": {"model", "cel"},
+    "backend-both-variants.yaml": {"model", "cel"},
+    "backends-and-variant.yaml": {"model", "cel"},
+    "backends-without-weight.yaml": {"model", "cel"},
 }
 
 
@@ -186,10 +188,11 @@ def test_maps_have_typed_values() -> None:
 def test_every_cel_rule_has_a_python_equivalent() -> None:
     found = {(path, rule["rule"]) for path, rule in rules(crd_schema())}
     assert {path for path, _ in found} == {
+        ".spec",
         ".spec.variant",
         ".spec.variant.azure",
-        ".spec.fallbacks[].variant",
-        ".spec.fallbacks[].variant.azure",
+        ".spec.backends[].variant",
+        ".spec.backends[].variant.azure",
         ".spec.models",
     }
     assert {rule for _, rule in found} == set(CEL)
@@ -261,7 +264,7 @@ def test_the_example_secret_matches_the_references() -> None:
     assert secret["stringData"] == {"api-key": "sk-REPLACE-ME"}
     for name in EXAMPLES:
         spec = OpenAiRuntimeSpec.model_validate(load(ROOT / "examples" / name)["spec"])
-        assert (spec.api_key_secret_ref.name, spec.api_key_secret_ref.key) == (
+        assert (spec.primary.api_key_secret_ref.name, spec.primary.api_key_secret_ref.key) == (
             "openai-key",
             "api-key",
         )

@@ -1,8 +1,10 @@
-"""Fallbacks on the cluster side: the spec, the sidecar config it renders, the pod it injects.
+"""Backends on the cluster side: the spec, the sidecar config it renders, the pod it injects.
 
-The runtime's ConfigMap names each fallback's key file; the webhook mounts
-each fallback's Secret where that file is. The two are tested together here,
-as a pod would have them, so neither can move without the other.
+``spec.backends`` lists the upstreams in order; the first is the sidecar's
+primary, the rest its fallbacks. The runtime's ConfigMap names each
+fallback's key file; the webhook mounts each fallback's Secret where that
+file is. The two are tested together here, as a pod would have them, so
+neither can move without the other.
 """
 
 from __future__ import annotations
@@ -64,6 +66,18 @@ FALLBACKS = [
 ]
 
 
+def with_backends(
+    name: str, fallbacks: list[dict[str, Any]], *, first: str = "primary", **spec: Any
+) -> dict[str, Any]:
+    """Runtime ``name`` in the backends form: its one upstream named ``first``, then these."""
+    body = runtime(name, **spec)
+    spec = body["spec"]
+    primary = {"name": first, "variant": spec.pop("variant")}
+    primary["apiKeySecretRef"] = spec.pop("apiKeySecretRef")
+    spec["backends"] = [primary, *fallbacks]
+    return body
+
+
 def rendered(body: dict[str, Any]) -> SidecarConfig:
     spec = OpenAiRuntimeSpec.model_validate(body["spec"])
     configmap = render_configmap(body, NS, body["metadata"]["name"], spec)
@@ -71,8 +85,10 @@ def rendered(body: dict[str, Any]) -> SidecarConfig:
 
 
 def test_each_fallback_key_file_is_where_its_secret_is_mounted() -> None:
-    body = runtime("alpha", fallbacks=FALLBACKS)
+    body = with_backends("alpha", FALLBACKS, first="main")
     config = rendered(body)
+    assert config.name == "main" and config.weights() == [1, 0, 0]
+    assert config.api_key.file is not None and config.api_key.file.endswith("/api-key")
     assert [f.name for f in config.fallbacks] == ["azure-eu", "other"]
     assert config.fallbacks[0].models == {"gpt-4o-mini": "gpt-4o-mini-eu"}
     assert config.fallbacks[1].pricing["m"].output_per_mtok_usd == 2
@@ -98,31 +114,62 @@ def test_a_runtime_without_fallbacks_mounts_one_key() -> None:
     assert rendered(runtime("alpha")).fallbacks == []
 
 
+def test_the_first_backend_keeps_its_own_models_prices_and_weight() -> None:
+    first = {
+        "name": "main",
+        "variant": {"direct": {}},
+        "apiKeySecretRef": {"name": "openai-key"},
+        "weight": 3,
+        "models": {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"},
+        "pricing": {"m": {"inputPerMTokUsd": 5, "outputPerMTokUsd": 6}},
+    }
+    body = runtime("alpha")
+    del body["spec"]["variant"], body["spec"]["apiKeySecretRef"]
+    body["spec"]["backends"] = [first, {**FALLBACKS[1], "weight": 1}]
+    config = rendered(body)
+    assert config.weights() == [3, 1]
+    assert config.upstream_models == {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"}
+    assert config.upstream_pricing["m"].input_per_mtok_usd == 5
+    assert config.pricing == {}  # so the fallback does not inherit main's prices
+    assert config.fallbacks[0].pricing["m"].input_per_mtok_usd == 1
+
+
 @pytest.mark.parametrize(
     ("fallbacks", "fragment"),
     [
         ([FALLBACKS[0], FALLBACKS[0]], "unique"),
-        ([{**FALLBACKS[1], "name": "primary"}], "not 'primary'"),
+        ([{**FALLBACKS[1], "name": "primary"}], "unique"),
         ([{**FALLBACKS[1], "name": "Not_A_Label"}], "pattern"),
-        ([FALLBACKS[1]] * 5, "at most 4"),
+        ([FALLBACKS[1]] * 5, "at most 5"),
     ],
 )
-def test_bad_fallbacks_are_refused_naming_the_field(
+def test_bad_backends_are_refused_naming_the_field(
     fallbacks: list[dict[str, Any]], fragment: str
 ) -> None:
-    body = runtime("alpha", fallbacks=fallbacks)
+    body = with_backends("alpha", fallbacks)
     with pytest.raises(ValidationError, match=fragment) as info:
         OpenAiRuntimeSpec.model_validate(body["spec"])
-    assert info.value.errors()[0]["loc"][0] == "fallbacks"
-    with pytest.raises(InjectionRefused, match=r"spec\.fallbacks"):
+    assert info.value.errors()[0]["loc"][0] == "backends"
+    with pytest.raises(InjectionRefused, match=r"spec\.backends"):
         inject(pod("web", "alpha"), body)
+
+
+def test_the_one_upstream_form_is_a_one_backend_list() -> None:
+    spec = OpenAiRuntimeSpec.model_validate(runtime("alpha")["spec"])
+    assert spec.primary.name == "primary" and spec.fallbacks == []
+    listed = OpenAiRuntimeSpec.model_validate(with_backends("alpha", [])["spec"])
+    assert listed.primary == spec.primary
+    assert rendered(with_backends("alpha", [])) == rendered(runtime("alpha"))
+    both = runtime("alpha", backends=with_backends("alpha", [])["spec"]["backends"])
+    with pytest.raises(ValidationError, match="not both"):
+        OpenAiRuntimeSpec.model_validate(both["spec"])
 
 
 def test_a_pod_volume_named_like_a_fallback_key_is_refused() -> None:
     app = pod("web", "alpha")
     app["spec"]["volumes"] = [{"name": f"{KEY_VOLUME}-fallback-0", "emptyDir": {}}]
     with pytest.raises(InjectionRefused, match="fallback-0"):
-        inject(app, runtime("alpha", fallbacks=FALLBACKS))
+        inject(app, with_backends("alpha", FALLBACKS))
 
 
 async def test_a_rotated_fallback_secret_nudges_the_pods_once(operator: Cluster) -> None:
@@ -130,7 +177,7 @@ async def test_a_rotated_fallback_secret_nudges_the_pods_once(operator: Cluster)
     kmock.objects["v1/secrets", NS, "openai-key"] = secret("openai-key", OLD_KEY)
     kmock.objects["v1/secrets", NS, "other-key"] = secret("other-key", OTHER_KEY)
     fallbacks = [{**FALLBACKS[1], "apiKeySecretRef": {"name": "other-key"}}]
-    kmock.objects[RUNTIMES, NS, "alpha"] = runtime("alpha", fallbacks=fallbacks)
+    kmock.objects[RUNTIMES, NS, "alpha"] = with_backends("alpha", fallbacks)
     kmock.objects[RUNTIMES, NS, "beta"] = runtime("beta")
     for name, owner in [("a1", "alpha"), ("b1", "beta")]:
         kmock.objects["v1/pods", NS, name] = pod(name, owner)
@@ -208,7 +255,7 @@ async def failover_pods(
         sidecars.append(sidecar)
         declare.objects["v1/pods", NS, f"p{index}"] = running(f"p{index}", "alpha", ip)
     fallbacks = [{"name": "b", "variant": {"direct": {}}, "apiKeySecretRef": {"name": "k"}}]
-    declare.objects[RUNTIMES, NS, "alpha"] = runtime("alpha", fallbacks=fallbacks)
+    declare.objects[RUNTIMES, NS, "alpha"] = with_backends("alpha", fallbacks)
     cluster = Cluster(declare)
     cluster.ctx = OperatorContext(convergence=ConvergenceSettings(port=port, timeout=2.0))
     cluster.ctx.set_connection(kopf.ConnectionInfo(server=str(declare.url), insecure=True))

@@ -379,6 +379,8 @@ def test_dump_is_camel_case_with_duration_strings() -> None:
         "apiKey",
         "name",
         "weight",
+        "upstreamModels",
+        "upstreamPricing",
         "rateLimits",
         "retry",
         "circuitBreaker",
@@ -410,6 +412,7 @@ def test_dump_is_camel_case_with_duration_strings() -> None:
         "connect": "5s",
         "firstByte": "1m",
         "streamIdle": "1m",
+        "attempt": None,
         "total": "10m",
     }
     assert dumped["apiKey"] == {"env": "OPENAI_API_KEY", "file": None}

@@ -287,3 +287,40 @@ async def test_weights_choose_where_calls_start_and_failover_wraps_round(
     served = {p.attributes["backend"] for p in points(metrics)["openai_runtime.requests"]}
     assert served == {"a", "b"}  # the primary's own name, not "primary"
     assert set(status_document(sidecar)["backends"]) == {"a", "b"}
+
+
+async def test_the_first_backend_maps_models_like_any_other(
+    make_sidecar: SidecarFactory, upstream: FakeUpstream
+) -> None:
+    # spec.backends gives the first backend a model map too: the app's name, its model.
+    sidecar = await make_sidecar(
+        upstreamModels={"house-chat": "gpt-4o-mini", "house-embed": "text-embedding-3-small"}
+    )
+    async with client(sidecar) as sdk:
+        answer = await sdk.chat.completions.create(**chat("house-chat"))
+        stream = await sdk.chat.completions.create(**chat("house-chat"), stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        vectors = await sdk.embeddings.create(model="house-embed", input="hi")
+    assert answer.choices[0].message.content and text and vectors.data
+    assert [r.model for r in upstream.requests] == [
+        "gpt-4o-mini",
+        "gpt-4o-mini",
+        "text-embedding-3-small",
+    ]
+
+
+async def test_a_completion_whose_primary_hangs_fails_over_after_the_attempt_bound(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+) -> None:
+    b = fallback(backend_b, b_key)
+    b["models"]["fake-hang"] = "gpt-4o-mini"
+    sidecar = await make_sidecar(timeouts={"attempt": "300ms"}, fallbacks=[b])
+    async with client(sidecar) as sdk:
+        raw = await sdk.chat.completions.with_raw_response.create(**chat("fake-hang"))
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-openai-runtime-attempts"] == "2"
+    assert [r.model for r in upstream.requests] == ["fake-hang"]
+    assert [r.model for r in backend_b.requests] == ["gpt-4o-mini"]
