@@ -503,7 +503,7 @@ class OpenAiRuntimeStatus(_StatusModel):
         default=None, description="Spend this period, with spec.budget."
     )
     backends: list[BackendHealth] | None = StatusField(
-        default=None, description="Each backend's health across the pods, with spec.fallbacks."
+        default=None, description="Each backend's health across the pods, with several backends."
     )
 
     def condition(self, type_: str) -> Condition | None:

@@ -42,7 +42,7 @@ from .k8sschema import CEL, cel_errors, json_schema, rules, schema_errors, struc
 
 ROOT = Path(__file__).resolve().parents[2]
 COPIES = [ROOT / "deploy/base/crd.yaml", ROOT / "charts/openai-runtime/crds/openairuntimes.yaml"]
-EXAMPLES = ["runtime-direct.yaml", "runtime-azure.yaml"]
+EXAMPLES = ["runtime-direct.yaml", "runtime-azure.yaml", "runtime-failover.yaml"]
 INVALID_DIR = Path(__file__).parent / "invalid"
 
 # Which checks reject each invalid CR. "model" is the spec model (every
@@ -278,7 +278,8 @@ def test_render_sidecar_config(name: str, tmp_path: Path) -> None:
     assert isinstance(config, SidecarConfig)
     assert str(config.runtime) == f"team-a/{document['metadata']['name']}"
     assert config.api_key.file == f"{KEY_DIR}/api-key" == DEFAULT_KEY_FILE
-    assert config.variant == spec.variant and config.models == spec.models
+    assert config.variant == spec.primary.variant and config.models == spec.models
+    assert [f.name for f in config.fallbacks] == [b.name for b in spec.fallbacks]
     assert config.pricing == spec.pricing
     assert (config.rate_limits, config.retry) == (spec.rate_limits, spec.retry)
     assert (config.circuit_breaker, config.timeouts) == (spec.circuit_breaker, spec.timeouts)
