@@ -3,17 +3,16 @@
 Where it sits in the flow::
 
     budget_forever (a background loop, every --budget-interval, acting replica only)
-      -> poll_runtime(each runtime reconciliation saw with spec.budget or spec.fallbacks)
-         -> record_health: each backend's circuits across the pods -> status.backends,
-            BackendUnhealthy / BackendRecovered Events when a backend turns
-         -> poll_budget (with spec.budget):
-           GET http://<podIP>:<admin port>/status  (each Running pod: spend)
-           under the runtime's lock:
-             .spending.account() -> status.spend, .spending.judge() -> BudgetWarning
-             .spending.gate_settings() -> the ConfigMap (reconciling.render_configmap)
-             pods annotated with the ConfigMap's version when it changed (kubelet
-             then refreshes the mounted file at once; the sidecar hot-reloads it)
-      -> Events: BudgetWarning per threshold, BudgetExceeded at the limit,
+      -> poll_runtime(each runtime reconciliation saw with spec.budget or several backends)
+         GET http://<podIP>:<admin port>/status  (each Running pod: spend, backends)
+         under the runtime's lock, one read and one status patch:
+           backend_health() -> status.backends
+           .spending.account() -> status.spend, .spending.judge() -> BudgetWarning
+           .spending.gate_settings() -> the ConfigMap (reconciling.render_configmap)
+         pods annotated with the ConfigMap's version when it changed (kubelet
+         then refreshes the mounted file at once; the sidecar hot-reloads it)
+      -> Events: BackendUnhealthy / BackendRecovered when a backend turns;
+         BudgetWarning per threshold, BudgetExceeded at the limit,
          BudgetReset when a new period starts after one
 
 Reconciliation renders the same gate settings from the stored status, so a
@@ -25,6 +24,7 @@ answer costs nothing but its share of this look (see :mod:`.spending`).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -41,6 +41,7 @@ from .models import (
     BackendHealth,
     BudgetSpec,
     OpenAiRuntimeSpec,
+    OpenAiRuntimeStatus,
     SpendStatus,
 )
 from .posting import post_event
@@ -66,10 +67,8 @@ __all__ = [
     "BudgetPoll",
     "backend_health",
     "budget_forever",
-    "poll_budget",
     "poll_runtime",
     "read_spend",
-    "record_health",
 ]
 
 logger = logging.getLogger(__name__)
@@ -111,42 +110,6 @@ def backend_health(spec: OpenAiRuntimeSpec, documents: Sequence[Any]) -> list[Ba
     return [BackendHealth(name=n, pods=pods[n], healthy=healthy[n]) for n in names]
 
 
-async def record_health(
-    ctx: OperatorContext, namespace: str, name: str, documents: Sequence[Any]
-) -> list[BackendHealth] | None:
-    """Write each backend's health into the status; an Event when one turns or recovers."""
-    path = resource_path(API_VERSION, PLURAL, namespace, name)
-    async with ctx.lock(namespace, name):
-        runtime = await ctx.api.get(path)
-        spec = _valid_spec(runtime)
-        if runtime is None or spec is None or not spec.fallbacks:
-            return None
-        health = backend_health(spec, documents)
-        stored = runtime.get("status")
-        previous = load_status(stored)
-        patch = status_patch(stored, dump_status(previous.model_copy(update={"backends": health})))
-        if patch is not None:
-            await ctx.api.merge_patch(f"{path}/status", patch)
-    before = {b.name: b for b in previous.backends or []}
-    for now in health:
-        was = before.get(now.name)
-        sick, was_sick = now.healthy < now.pods, was is not None and was.healthy < was.pods
-        if sick and not was_sick:
-            message = (
-                f"Backend {now.name}: circuits not closed in {now.pods - now.healthy} of "
-                f"{now.pods} pods; calls fail over to the next backend"
-            )
-            await post_event(
-                ctx, runtime, type="Warning", reason="BackendUnhealthy", message=message, log=logger
-            )
-        elif was_sick and not sick and now.pods:
-            message = f"Backend {now.name}: healthy in all {now.pods} pods; traffic returns"
-            await post_event(
-                ctx, runtime, type="Normal", reason="BackendRecovered", message=message, log=logger
-            )
-    return health
-
-
 @dataclass(frozen=True, slots=True)
 class BudgetPoll:
     """What one look at a runtime's spend found and did."""
@@ -161,89 +124,119 @@ class BudgetPoll:
     """A new period started after the limit was reached in the last one."""
 
 
-async def poll_runtime(ctx: OperatorContext, namespace: str, name: str) -> None:
-    """One look at a runtime's sidecars: its budget, and its backends' health."""
+async def poll_runtime(ctx: OperatorContext, namespace: str, name: str) -> BudgetPoll | None:
+    """One look at a runtime's sidecars: its spend (with a budget), its backends' health.
+
+    The runtime is read once before its pods are asked and once under its
+    lock, where both findings go into one status patch. Returns what the
+    look found of the budget; None without one.
+    """
     path = resource_path(API_VERSION, PLURAL, namespace, name)
     spec = _valid_spec(await ctx.api.get(path))
     if spec is None or (spec.budget is None and not spec.fallbacks):
-        return
+        return None
     pods = await runtime_pods(ctx, namespace, name)
     documents = await pod_statuses(pods, ctx.convergence)
-    if spec.budget is not None:
-        await poll_budget(ctx, namespace, name, pods=pods, documents=documents)
-    if spec.fallbacks:
-        await record_health(ctx, namespace, name, documents)
-
-
-async def poll_budget(
-    ctx: OperatorContext,
-    namespace: str,
-    name: str,
-    *,
-    pods: Sequence[Mapping[str, Any]] | None = None,
-    documents: Sequence[Any] | None = None,
-) -> BudgetPoll | None:
-    """Read the pods' spend and record it; None when the runtime has no (valid) budget.
-
-    ``pods`` and their ``/status`` ``documents`` when the caller read them already.
-    """
-    path = resource_path(API_VERSION, PLURAL, namespace, name)
-    if pods is None or documents is None:
-        if _budget_of(await ctx.api.get(path)) is None:
-            return None
-        pods = await runtime_pods(ctx, namespace, name)
-        documents = await pod_statuses(pods, ctx.convergence)
     readings = _readings(pods, documents)
     present = {str((p.get("metadata") or {}).get("name")) for p in pods}
+    poll: BudgetPoll | None = None
     async with ctx.lock(namespace, name):
         runtime = await ctx.api.get(path)
-        spec = _budget_of(runtime)
-        if runtime is None or spec is None or spec.budget is None:
+        spec = _valid_spec(runtime)
+        if runtime is None or spec is None:
             return None
-        budget = spec.budget
-        moment = ctx.now()
         stored = runtime.get("status")
         previous = load_status(stored)
-        start, _ = period_bounds(moment, budget)
-        spend = account(previous.spend, readings, present, period_start=start, now=moment)
-        verdict = judge(spend, budget)
-        exceeded = verdict.exceeded and spend.exceeded_at is None
-        spend = spend.model_copy(
-            update={
-                "warned": sorted({*spend.warned, *verdict.crossed}),
-                "exceeded_at": moment if exceeded else spend.exceeded_at,
-            }
-        )
-        was = previous.spend
-        if was is not None and was.model_copy(update={"updated_at": None}) == spend.model_copy(
-            update={"updated_at": None}
-        ):
-            # Nothing moved: no status write (a quiet runtime costs the API server nothing).
-            spend = was
-        conditions = {c.type: c for c in previous.conditions}
-        conditions[CONDITION_BUDGET_WARNING] = next_condition(
-            previous,
-            CONDITION_BUDGET_WARNING,
-            verdict.condition,
-            previous.observed_generation,
-            moment,
-        )
-        status = previous.model_copy(
-            update={"spend": spend, "conditions": list(conditions.values())}
-        )
+        status = previous
+        health = backend_health(spec, documents) if spec.fallbacks else None
+        if health is not None:
+            status = status.model_copy(update={"backends": health})
+        if spec.budget is not None:
+            moment = ctx.now()
+            spend, verdict, exceeded = _account(previous, spec.budget, readings, present, moment)
+            conditions = {c.type: c for c in status.conditions}
+            conditions[CONDITION_BUDGET_WARNING] = next_condition(
+                previous,
+                CONDITION_BUDGET_WARNING,
+                verdict.condition,
+                previous.observed_generation,
+                moment,
+            )
+            status = status.model_copy(
+                update={"spend": spend, "conditions": list(conditions.values())}
+            )
         patch = status_patch(stored, dump_status(status))
         if patch is not None:
             await ctx.api.merge_patch(f"{path}/status", patch)
-        gate = gate_settings(budget, spend, now=moment, recheck=ctx.budget_interval)
-        desired = render_configmap(runtime, namespace, name, spec, gate)
-        outcome = await ensure_configmap(ctx, desired)
-    if outcome != "unchanged":
-        await _annotate(ctx, namespace, pods, desired)
-    reset = was is not None and was.period_start != start and was.exceeded_at is not None
-    poll = BudgetPoll(spend, verdict, outcome, exceeded, reset)
-    await _report(ctx, runtime, budget, poll)
-    ctx.telemetry.budget(namespace, name, spend.usd, budget.limit_usd)
+        if spec.budget is not None:
+            gate = gate_settings(spec.budget, spend, now=moment, recheck=ctx.budget_interval)
+            desired = render_configmap(runtime, namespace, name, spec, gate)
+            outcome = await ensure_configmap(ctx, desired)
+            was = previous.spend
+            start = spend.period_start
+            reset = was is not None and was.period_start != start and was.exceeded_at is not None
+            poll = BudgetPoll(spend, verdict, outcome, exceeded, reset)
+    if health is not None:
+        await _report_health(ctx, runtime, previous.backends or [], health)
+    if poll is not None and spec.budget is not None:
+        if poll.configmap != "unchanged":
+            await _annotate(ctx, namespace, pods, desired)
+        await _report(ctx, runtime, spec.budget, poll)
+        ctx.telemetry.budget(namespace, name, poll.spend.usd, spec.budget.limit_usd)
     return poll
+
+
+def _account(
+    previous: OpenAiRuntimeStatus,
+    budget: BudgetSpec,
+    readings: Mapping[str, Reading],
+    present: set[str],
+    moment: datetime.datetime,
+) -> tuple[SpendStatus, Verdict, bool]:
+    """The spend after this look, the verdict on it, and whether it crossed the limit now."""
+    start, _ = period_bounds(moment, budget)
+    spend = account(previous.spend, readings, present, period_start=start, now=moment)
+    verdict = judge(spend, budget)
+    exceeded = verdict.exceeded and spend.exceeded_at is None
+    spend = spend.model_copy(
+        update={
+            "warned": sorted({*spend.warned, *verdict.crossed}),
+            "exceeded_at": moment if exceeded else spend.exceeded_at,
+        }
+    )
+    was = previous.spend
+    if was is not None and was.model_copy(update={"updated_at": None}) == spend.model_copy(
+        update={"updated_at": None}
+    ):
+        # Nothing moved: no status write (a quiet runtime costs the API server nothing).
+        spend = was
+    return spend, verdict, exceeded
+
+
+async def _report_health(
+    ctx: OperatorContext,
+    runtime: Mapping[str, Any],
+    before: Sequence[BackendHealth],
+    health: Sequence[BackendHealth],
+) -> None:
+    """An Event for each backend that turned unhealthy or recovered since the last look."""
+    was_by_name = {b.name: b for b in before}
+    for now in health:
+        was = was_by_name.get(now.name)
+        sick, was_sick = now.healthy < now.pods, was is not None and was.healthy < was.pods
+        if sick and not was_sick:
+            message = (
+                f"Backend {now.name}: circuits not closed in {now.pods - now.healthy} of "
+                f"{now.pods} pods; calls fail over to the next backend"
+            )
+            await post_event(
+                ctx, runtime, type="Warning", reason="BackendUnhealthy", message=message, log=logger
+            )
+        elif was_sick and not sick and now.pods:
+            message = f"Backend {now.name}: healthy in all {now.pods} pods; traffic returns"
+            await post_event(
+                ctx, runtime, type="Normal", reason="BackendRecovered", message=message, log=logger
+            )
 
 
 def _valid_spec(runtime: Mapping[str, Any] | None) -> OpenAiRuntimeSpec | None:
@@ -252,12 +245,6 @@ def _valid_spec(runtime: Mapping[str, Any] | None) -> OpenAiRuntimeSpec | None:
         return None
     raw = runtime.get("spec")
     return parse_spec(raw, None).spec if isinstance(raw, Mapping) else None
-
-
-def _budget_of(runtime: Mapping[str, Any] | None) -> OpenAiRuntimeSpec | None:
-    """The runtime's spec when it is valid and sets a budget."""
-    spec = _valid_spec(runtime)
-    return spec if spec is not None and spec.budget is not None else None
 
 
 async def _annotate(

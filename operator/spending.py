@@ -2,7 +2,7 @@
 
 Where it sits in the flow::
 
-    budgeting.poll_budget: each pod's /status spend --Reading--> account()
+    budgeting.poll_runtime: each pod's /status spend --Reading--> account()
         -> SpendStatus (status.spend) -> judge() -> Events, BudgetWarning condition
         -> gate_settings() -> the sidecars' ConfigMap (budget.blockedUntil, localLimitUsd)
 

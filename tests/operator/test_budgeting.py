@@ -26,7 +26,7 @@ import yaml
 from openai_runtime_operator.budgeting import (
     ANNOTATION_CONFIG_VERSION,
     budget_forever,
-    poll_budget,
+    poll_runtime,
 )
 from openai_runtime_operator.context import OperatorContext
 from openai_runtime_operator.convergence import ConvergenceSettings
@@ -160,25 +160,25 @@ async def test_spend_is_summed_exactly_across_pods_and_a_restart(
 ) -> None:
     ctx = cluster.ctx
     await pods.call("a")  # before the budget's first look: not counted
-    first = await poll_budget(ctx, NS, "alpha")
+    first = await poll_runtime(ctx, NS, "alpha")
     assert first is not None and first.spend.usd == 0
     assert set(spend(cluster)["pods"]) == set(IPS)
     pods.costs.clear()
 
     for name in ("a", "a", "b", "c"):
         assert await pods.call(name) is None
-    await poll_budget(ctx, NS, "alpha")
+    await poll_runtime(ctx, NS, "alpha")
     assert spend(cluster)["usd"] == pytest.approx(sum(pods.costs), abs=1e-9)
 
     # Pod a's container restarts: its new sidecar's counter starts again at zero.
     before = pods.sidecars["a"].instance
     await pods.call("a")
-    await poll_budget(ctx, NS, "alpha")
+    await poll_runtime(ctx, NS, "alpha")
     restarted = await pods.restart("a")
     assert restarted.instance != before
     await pods.call("a")
     await pods.call("b")
-    await poll_budget(ctx, NS, "alpha")
+    await poll_runtime(ctx, NS, "alpha")
     status = spend(cluster)
     assert status["usd"] == pytest.approx(sum(pods.costs), abs=1e-9)
     assert sum(status["byModel"].values()) == pytest.approx(sum(pods.costs), abs=1e-9)
@@ -186,7 +186,7 @@ async def test_spend_is_summed_exactly_across_pods_and_a_restart(
 
     # A pod that is gone is forgotten; the others' spend stays counted.
     del cluster.kmock.objects["v1/pods", NS, "c"]
-    await poll_budget(ctx, NS, "alpha")
+    await poll_runtime(ctx, NS, "alpha")
     assert set(spend(cluster)["pods"]) == {"a", "b"}
     assert spend(cluster)["usd"] == pytest.approx(sum(pods.costs), abs=1e-9)
 
@@ -195,14 +195,14 @@ async def test_the_limit_flips_the_configmap_and_the_next_period_lifts_it(
     cluster: Cluster, pods: Pods
 ) -> None:
     ctx, kmock = cluster.ctx, cluster.kmock
-    await poll_budget(ctx, NS, "alpha")
+    await poll_runtime(ctx, NS, "alpha")
     for name in ("a", "b", "c"):
         await pods.call(name)
     spent = sum(pods.costs)
     # The limit such that this spend is past 50 % and then past 100 %.
     patch = {"spec": {"budget": {"limitUsd": spent * 1.5, "warnAtPercent": [50]}}}
     await kmock.patch(f"{RUNTIMES_URL}/alpha", json=patch, headers=MERGE)
-    warned = await poll_budget(ctx, NS, "alpha")
+    warned = await poll_runtime(ctx, NS, "alpha")
     assert warned is not None and warned.verdict.crossed == (50,)
     assert cluster.condition("alpha", "BudgetWarning")["reason"] == "ThresholdReached"
     assert [e["reason"] for e in cluster.events("BudgetWarning")] == ["BudgetWarning"]
@@ -211,7 +211,7 @@ async def test_the_limit_flips_the_configmap_and_the_next_period_lifts_it(
     await pods.call("a")
     await pods.call("b")
     assert sum(pods.costs) >= spent * 1.5
-    exceeded = await poll_budget(ctx, NS, "alpha")
+    exceeded = await poll_runtime(ctx, NS, "alpha")
     assert exceeded is not None and exceeded.exceeded and exceeded.configmap == "patched"
     assert budget_section(cluster)["blockedUntil"] == "2026-12-01T00:00:00Z"
     assert cluster.condition("alpha", "BudgetWarning")["reason"] == "LimitReached"
@@ -235,7 +235,7 @@ async def test_the_limit_flips_the_configmap_and_the_next_period_lifts_it(
     # A poll with nothing new (a refusal costs nothing) writes nothing, says nothing twice.
     writes = len(cluster.requests("PATCH", "/openairuntimes/alpha/status"))
     cluster.clock[0] = NOV.replace(minute=5)  # type: ignore[attr-defined]
-    again = await poll_budget(ctx, NS, "alpha")
+    again = await poll_runtime(ctx, NS, "alpha")
     assert again is not None and again.configmap == "unchanged" and not again.exceeded
     assert len(cluster.events("BudgetExceeded")) == 1
     patches = cluster.requests("PATCH", "/openairuntimes/alpha/status")
@@ -243,7 +243,7 @@ async def test_the_limit_flips_the_configmap_and_the_next_period_lifts_it(
 
     # December: a new period. Spend starts at zero, the verdict goes, pods serve again.
     cluster.clock[0] = datetime(2026, 12, 1, 0, 0, 5, tzinfo=UTC)  # type: ignore[attr-defined]
-    reset = await poll_budget(ctx, NS, "alpha")
+    reset = await poll_runtime(ctx, NS, "alpha")
     assert reset is not None and reset.reset and reset.spend.usd == 0
     assert "blockedUntil" not in budget_section(cluster)
     assert [e["reason"] for e in cluster.events("BudgetReset")] == ["BudgetReset"]
@@ -254,11 +254,11 @@ async def test_the_limit_flips_the_configmap_and_the_next_period_lifts_it(
 
 async def test_a_raised_limit_lifts_the_refusal_on_reconcile(cluster: Cluster, pods: Pods) -> None:
     ctx, kmock = cluster.ctx, cluster.kmock
-    await poll_budget(ctx, NS, "alpha")
+    await poll_runtime(ctx, NS, "alpha")
     await pods.call("a")
     patch = {"spec": {"budget": {"limitUsd": sum(pods.costs) / 2}}}
     await kmock.patch(f"{RUNTIMES_URL}/alpha", json=patch, headers=MERGE)
-    await poll_budget(ctx, NS, "alpha")
+    await poll_runtime(ctx, NS, "alpha")
     assert "blockedUntil" in budget_section(cluster)
 
     # The limit is raised: reconciliation (here the resync's) renders no verdict at once.
@@ -277,7 +277,7 @@ async def test_a_raised_limit_lifts_the_refusal_on_reconcile(cluster: Cluster, p
     await resync_one(ctx, raw)
     assert "spend" not in cluster.status("alpha")
     assert cluster.condition("alpha", "BudgetWarning") is None
-    assert await poll_budget(ctx, NS, "alpha") is None
+    assert await poll_runtime(ctx, NS, "alpha") is None
 
 
 async def spend_until_refused(
@@ -290,7 +290,7 @@ async def spend_until_refused(
     the spend when the last pod was refused.
     """
     ctx = cluster.ctx
-    await poll_budget(ctx, NS, "alpha")
+    await poll_runtime(ctx, NS, "alpha")
     for name in IPS:
         await pods.deliver(name, configmap(cluster))
     refused: set[str] = set()
@@ -301,7 +301,7 @@ async def spend_until_refused(
         if refused == set(IPS):
             break
         if (round_ + 1) % every == 0:
-            poll = await poll_budget(ctx, NS, "alpha")
+            poll = await poll_runtime(ctx, NS, "alpha")
             assert poll is not None
             if poll.configmap != "unchanged":
                 for name in IPS:

@@ -40,6 +40,7 @@ from .test_operator import (
     NS,
     OTHER_KEY,
     RUNTIMES,
+    RUNTIMES_URL,
     SECRETS_URL,
     Cluster,
     b64,
@@ -310,3 +311,28 @@ async def test_backend_health_reaches_the_status_with_events_when_it_turns(
     assert cluster.status("alpha")["backends"][0]["healthy"] == 2
     [recovered] = cluster.events("BackendRecovered")
     assert "primary" in recovered["message"]
+
+
+async def test_one_look_reads_the_runtime_twice_and_patches_its_status_once(
+    failover_pods: tuple[Cluster, list[Sidecar], FakeUpstream, ManualClock],
+) -> None:
+    # A budget and several backends: health and spend share one locked read and one patch.
+    cluster, _, _, _ = failover_pods
+    body = cluster.get(RUNTIMES, "alpha")
+    assert body is not None
+    body["spec"]["budget"] = {"limitUsd": 10}
+    cluster.kmock.objects[RUNTIMES, NS, "alpha"] = body
+    url = f"{RUNTIMES_URL}/alpha"
+
+    def gets() -> int:
+        return len([r for r in cluster.requests("GET", url) if str(r.url.path) == url])
+
+    before, patched = gets(), len(cluster.requests("PATCH", f"{url}/status"))
+    poll = await poll_runtime(cluster.ctx, NS, "alpha")
+    assert poll is not None and poll.spend.usd == 0
+    assert gets() - before == 2
+    [patch] = cluster.requests("PATCH", f"{url}/status")[patched:]
+    assert {"spend", "backends", "conditions"} <= set(patch.data["status"])
+    status = cluster.status("alpha")
+    assert [b["name"] for b in status["backends"]] == ["primary", "b"]
+    assert status["spend"]["usd"] == 0
