@@ -133,22 +133,28 @@ def admitting(
     """The first backend of ``pool`` from ``start`` that can take an attempt now.
 
     It has a key, its breakers admit the call, and its limiter holds the
-    call's slot or has room for it now (``permit`` moves there). Else the
-    first refusal, which ends the call or sends it to wait and start over.
+    call's slot or has room for it now (``permit`` moves there). A backend
+    whose upstream asked for a pause (a retry-after still running) comes
+    after all the others. Else the first refusal, which ends the call or
+    sends it to wait and start over.
     """
     refused: RunnerError | None = None
-    for index in range(start, len(pool)):
-        backend = pool[index]
-        if not backend.primary and backend.credentials.current is None:
-            continue
-        try:
-            circuits = backend.circuits.acquire(scope(backend))
-        except RunnerError as err:
-            refused = refused or err
-            continue
-        if permit.move_to(backend.limiter):
-            return index, backend, circuits
-        circuits.release()
+    rest = len(pool) - start > 1
+    for resting in (False, True) if rest else (None,):
+        for index in range(start, len(pool)):
+            backend = pool[index]
+            if resting is not None and backend.limiter.resting is not resting:
+                continue
+            if not backend.primary and backend.credentials.current is None:
+                continue
+            try:
+                circuits = backend.circuits.acquire(scope(backend))
+            except RunnerError as err:
+                refused = refused or err
+                continue
+            if permit.move_to(backend.limiter):
+                return index, backend, circuits
+            circuits.release()
     # Only fallbacks were left, none with a key or room: as if their breakers were open.
     return refused or CircuitOpen("no other backend can take the call now", retry_after=0.0)
 

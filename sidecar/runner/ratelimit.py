@@ -164,6 +164,21 @@ class RateLimiter:
         self._queue: deque[_Waiter] = deque()
         self._provider_requests = _Provider()
         self._provider_tokens = _Provider()
+        self._rest_until = -math.inf
+
+    def rest(self, seconds: float) -> None:
+        """Upstream asked for a pause (a retry-after): calls that can go elsewhere should.
+
+        Only a preference (:attr:`resting`): admission itself is unchanged,
+        so a call with nowhere else to go still gets here and its retry
+        policy honours the pause.
+        """
+        self._rest_until = max(self._rest_until, self._clock.monotonic() + seconds)
+
+    @property
+    def resting(self) -> bool:
+        """Whether the last retry-after of this limiter's upstream still runs."""
+        return self._clock.monotonic() < self._rest_until
 
     async def acquire(self, estimated_tokens: int) -> RatePermit:
         """Wait for room for one call, or raise :class:`LocalRateLimited`.

@@ -368,6 +368,9 @@ class OpenAiRunner:
                     if fresh is not None:
                         primary_key = fresh
                         continue
+                if len(pool) > 1 and fails_over(err) and err.retry_after:
+                    # Honoured per backend: other calls go elsewhere meanwhile.
+                    backend.limiter.rest(err.retry_after)
                 if index + 1 < len(pool) and self._failover(err, attempt, deadline, retryable):
                     # The next backend that admits the call, if any; else as without one.
                     found = admitting(pool, index + 1, scope, rate_permit)
@@ -554,7 +557,8 @@ class OpenAiRunner:
             if spends:
                 self.budget.check()
             if len(pool) > 1:
-                for backend in pool:
+                # A backend whose upstream asked for a pause comes last (stable sort).
+                for backend in sorted(pool, key=lambda b: b.limiter.resting):
                     if backend.primary or backend.credentials.current is not None:
                         permit = backend.limiter.try_acquire(tokens)
                         if permit is not None:

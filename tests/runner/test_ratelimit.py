@@ -633,3 +633,16 @@ async def test_a_permit_moves_to_another_limiter_only_if_it_has_room() -> None:
     assert there.snapshot()["tokens_available"] == pytest.approx(1000 - 1 - 40)
     assert permit.move_to(here)  # settled: nothing left to carry
     assert here.snapshot()["in_flight"] == 0
+
+
+async def test_a_rest_is_a_preference_that_runs_out_and_never_blocks() -> None:
+    limiter, clock = make(concurrency=1)
+    assert not limiter.resting
+    limiter.rest(20.0)
+    limiter.rest(5.0)  # a shorter pause does not cut the longer one short
+    assert limiter.resting
+    permit = limiter.try_acquire(1)  # admission is unchanged
+    assert permit is not None
+    permit.release()
+    clock.advance(20.0)
+    assert not limiter.resting

@@ -324,3 +324,26 @@ async def test_a_completion_whose_primary_hangs_fails_over_after_the_attempt_bou
     assert raw.headers["x-openai-runtime-attempts"] == "2"
     assert [r.model for r in upstream.requests] == ["fake-hang"]
     assert [r.model for r in backend_b.requests] == ["gpt-4o-mini"]
+
+
+async def test_a_retry_after_sends_other_calls_elsewhere_until_it_runs_out(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+) -> None:
+    clock = ManualClock(auto_advance=True)
+    sidecar = await make_sidecar(clock=clock, fallbacks=[fallback(backend_b, b_key)])
+    pause = {"x-fake-retry-after": "20"}
+    async with client(sidecar) as sdk:
+        await sdk.chat.completions.create(**chat("fake-rate-limit"), extra_headers=pause)
+        assert len(upstream.requests) == 1 and len(backend_b.requests) == 1
+        # A asked for 20 s: the next calls start at B, A is not asked again meanwhile.
+        for _ in range(2):
+            raw = await sdk.chat.completions.with_raw_response.create(**chat("gpt-4o-mini"))
+            assert raw.headers["x-openai-runtime-attempts"] == "1"
+        assert len(upstream.requests) == 1 and len(backend_b.requests) == 3
+        assert clock.sleeps == []
+        clock.advance(20)
+        await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+    assert len(upstream.requests) == 2 and len(backend_b.requests) == 3
