@@ -226,8 +226,9 @@ async def _report_health(
         sick, was_sick = now.healthy < now.pods, was is not None and was.healthy < was.pods
         if sick and not was_sick:
             message = (
-                f"Backend {now.name}: circuits not closed in {now.pods - now.healthy} of "
-                f"{now.pods} pods; calls fail over to the next backend"
+                f"Backend {now.name}: unhealthy in {now.pods - now.healthy} of {now.pods} "
+                "pods (a circuit not closed, or its upstream asked for a pause); calls "
+                "fail over to the next backend"
             )
             await post_event(
                 ctx, runtime, type="Warning", reason="BackendUnhealthy", message=message, log=logger

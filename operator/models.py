@@ -470,10 +470,14 @@ class SpendStatus(_StatusModel):
 class BackendHealth(_StatusModel):
     """One backend as the runtime's sidecars last reported it."""
 
-    name: str = StatusField(min_length=1, description="primary, or a fallback's name.")
+    name: str = StatusField(min_length=1, description="The backend's name.")
     pods: int = StatusField(ge=0, description="Pods whose sidecar answered.")
     healthy: int = StatusField(
-        ge=0, description="Of those, pods whose circuits to this backend are all closed."
+        ge=0,
+        description=(
+            "Of those, pods whose circuits to this backend are all closed and whose "
+            "upstream asked for no pause."
+        ),
     )
 
 

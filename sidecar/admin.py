@@ -132,12 +132,21 @@ def budget_document(sidecar: Sidecar) -> dict[str, Any]:
 
 def backends_document(sidecar: Sidecar) -> dict[str, str]:
     """Each backend's health by name: ``closed`` (healthy), ``degraded`` (a model's or
-    deployment's circuit is not closed), ``open`` or ``half_open`` (the host's)."""
+    deployment's circuit is not closed), ``open`` or ``half_open`` (the host's), or
+    ``paused``: its circuits are closed but its upstream asked for a pause (a
+    retry-after still running, or its rate-limit headers say its budget is spent),
+    so calls that can go elsewhere do."""
     health: dict[str, str] = {}
     for backend in sidecar.runner.backends:
         states = backend.circuits.states()
         host = states[0][1].value
-        health[backend.name] = "degraded" if host == "closed" and len(states) > 1 else host
+        if host == "closed" and len(states) > 1:
+            host = "degraded"
+        elif host == "closed" and (
+            backend.limiter.resting or backend.limiter.snapshot()["blocked_until"] is not None
+        ):
+            host = "paused"
+        health[backend.name] = host
     return health
 
 

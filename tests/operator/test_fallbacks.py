@@ -313,6 +313,30 @@ async def test_backend_health_reaches_the_status_with_events_when_it_turns(
     assert "primary" in recovered["message"]
 
 
+async def test_a_backend_whose_account_is_spent_is_reported_paused_until_its_reset(
+    failover_pods: tuple[Cluster, list[Sidecar], FakeUpstream, ManualClock],
+) -> None:
+    cluster, sidecars, _, clock = failover_pods
+    await poll_runtime(cluster.ctx, NS, "alpha")
+    url = sidecars[1].api_url + "/v1"
+    async with openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0) as sdk:
+        # The primary answers, and its headers say its tokens are spent for a minute.
+        await sdk.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-fake-remaining-tokens": "0"},
+        )
+    await poll_runtime(cluster.ctx, NS, "alpha")
+    assert cluster.status("alpha")["backends"][0] == {"name": "primary", "pods": 2, "healthy": 1}
+    [event] = cluster.events("BackendUnhealthy")
+    assert "primary" in event["message"] and "pause" in event["message"]
+    clock.advance(61)
+    await poll_runtime(cluster.ctx, NS, "alpha")
+    assert cluster.status("alpha")["backends"][0]["healthy"] == 2
+    [recovered] = cluster.events("BackendRecovered")
+    assert "traffic returns" in recovered["message"]
+
+
 async def test_one_look_reads_the_runtime_twice_and_patches_its_status_once(
     failover_pods: tuple[Cluster, list[Sidecar], FakeUpstream, ManualClock],
 ) -> None:
