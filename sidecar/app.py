@@ -127,8 +127,12 @@ class Sidecar:
             clock=clock,
         )
         self.telemetry.observe(
-            circuit=lambda: [(s, state.value) for s, state in self.runner.circuits.states()],
-            limiter=lambda: self.runner.limiter.snapshot(),
+            circuit=lambda: [
+                (backend.name, scope, state.value)
+                for backend in self.runner.backends
+                for scope, state in backend.circuits.states()
+            ],
+            limiter=lambda: [(b.name, b.limiter.snapshot()) for b in self.runner.backends],
             connections=lambda: [
                 guard.reading()
                 for guard in (self.api_connections, self.admin_connections)

@@ -66,9 +66,10 @@ class Readings:
     def __init__(self, attributes: Mapping[str, AttributeValue]) -> None:
         self.attributes = attributes
         # Set by Telemetry.observe(); None until then (no points).
-        self.circuit: Callable[[], Iterable[tuple[str, str]]] | None = None
-        """(scope, state) pairs: ``host`` first, then the scopes not closed."""
-        self.limiter: Callable[[], Mapping[str, Any]] | None = None
+        self.circuit: Callable[[], Iterable[tuple[str, str, str]]] | None = None
+        """(backend, scope, state): per backend ``host`` first, then the scopes not closed."""
+        self.limiter: Callable[[], Iterable[tuple[str, Mapping[str, Any]]]] | None = None
+        """(backend, snapshot) per backend."""
         self.connections: Callable[[], Iterable[ListenerReading]] | None = None
         """Each listener's open connections and the ones its limits closed."""
 
@@ -121,9 +122,9 @@ class Readings:
             return None
 
     def observe_circuit(self, options: CallbackOptions) -> Iterable[Observation]:
-        for scope, state in self._read(self.circuit) or ():
+        for backend, scope, state in self._read(self.circuit) or ():
             if state in CIRCUIT_VALUES:
-                attributes = {"scope": scope, "state": state, **self.attributes}
+                attributes = {"backend": backend, "scope": scope, "state": state, **self.attributes}
                 yield Observation(CIRCUIT_VALUES[state], attributes)
 
     def observe_open(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -139,11 +140,10 @@ class Readings:
     def observe_limits(
         self, keys: Mapping[str, str], options: CallbackOptions
     ) -> Iterable[Observation]:
-        snapshot = self._read(self.limiter)
-        if not isinstance(snapshot, Mapping):
-            return
-        for kind, key in keys.items():
-            value = snapshot.get(key)
-            # None means unknown (no headers yet / no local limit): no point, not a zero.
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                yield Observation(value, {"kind": kind, **self.attributes})
+        for backend, snapshot in self._read(self.limiter) or ():
+            for kind, key in keys.items():
+                value = snapshot.get(key)
+                # None means unknown (no headers yet / no local limit): no point, not a zero.
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    attributes = {"backend": backend, "kind": kind, **self.attributes}
+                    yield Observation(value, attributes)

@@ -348,14 +348,15 @@ class Telemetry:
     def observe(
         self,
         *,
-        circuit: Callable[[], Iterable[tuple[str, str]]],
-        limiter: Callable[[], Mapping[str, Any]],
+        circuit: Callable[[], Iterable[tuple[str, str, str]]],
+        limiter: Callable[[], Iterable[tuple[str, Mapping[str, Any]]]],
         connections: Callable[[], Iterable[ListenerReading]] | None = None,
     ) -> None:
-        """Read the breakers' states and limiter snapshot at every collection (scrape/export).
+        """Read the breakers' states and limiters' snapshots at every collection.
 
-        ``circuit`` gives (scope, state) pairs: ``host``, then each model or
-        deployment whose circuit is not closed.
+        ``circuit`` gives (backend, scope, state): per backend ``host``, then
+        each model or deployment whose circuit is not closed; ``limiter``
+        (backend, snapshot) per backend.
         """
         self._readings.circuit = circuit
         self._readings.limiter = limiter

@@ -141,6 +141,7 @@ async def test_an_unreachable_primary_is_skipped_until_it_recovers(
     upstream: FakeUpstream,
     backend_b: FakeUpstream,
     b_key: SecretVolume,
+    metrics: InMemoryMetricReader,
 ) -> None:
     clock = ManualClock(auto_advance=True)
     breaker = {"failureThreshold": 2, "openDuration": "30s"}
@@ -159,6 +160,11 @@ async def test_an_unreachable_primary_is_skipped_until_it_recovers(
         [shown] = status_document(sidecar)["fallbacks"]
         assert (shown["name"], shown["credential"]["fingerprint"]) == ("b", fingerprint(B_KEY))
         assert shown["circuit"]["host"]["state"] == "closed"
+        gauges = points(metrics)["openai_runtime.circuit.state"]
+        hosts = {p.attributes["backend"]: p.attributes["state"] for p in gauges}
+        assert hosts == {"primary": "open", "b": "closed"}  # every backend's breaker
+        limits = points(metrics)["openai_runtime.ratelimit.local.available"]
+        assert {p.attributes["backend"] for p in limits} == {"primary", "b"}
 
         # A is back; once its breaker lets a probe through, traffic returns to it.
         await upstream.start(port=port)

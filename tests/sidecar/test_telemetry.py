@@ -443,11 +443,13 @@ def test_gauges_read_the_breaker_and_the_limiter_at_collection(
         "provider_remaining_requests": None,
         "provider_remaining_tokens": None,
     }
-    telemetry.observe(circuit=lambda: [("host", state[0])], limiter=lambda: snapshot)
+    telemetry.observe(
+        circuit=lambda: [("primary", "host", state[0])], limiter=lambda: [("primary", snapshot)]
+    )
     found = points(reader)
     circuit = one(found, "openai_runtime.circuit.state")
     assert (circuit.value, circuit.attributes["state"]) == (0, "closed")
-    assert circuit.attributes["scope"] == "host"
+    assert (circuit.attributes["scope"], circuit.attributes["backend"]) == ("host", "primary")
     assert "openai_runtime.ratelimit.provider.remaining" not in found  # unknown, not zero
     assert one(found, "openai_runtime.ratelimit.local.available", kind="requests").value == 59
     assert one(found, "openai_runtime.ratelimit.local.available", kind="tokens").value == 149000.5
@@ -467,20 +469,29 @@ def test_gauges_read_the_breaker_and_the_limiter_at_collection(
 def test_the_circuit_gauge_has_a_point_per_scope(
     telemetry: Telemetry, reader: InMemoryMetricReader
 ) -> None:
-    states = [("host", "closed"), ("gpt-4o", "open"), ("", "half_open")]
-    telemetry.observe(circuit=lambda: states, limiter=dict)
+    states = [("a", "host", "closed"), ("a", "gpt-4o", "open"), ("a", "", "half_open")]
+    states.append(("b", "host", "open"))
+    telemetry.observe(circuit=lambda: states, limiter=list)
     found = points(reader)["openai_runtime.circuit.state"]
-    by_scope = {p.attributes["scope"]: (p.attributes["state"], p.value) for p in found}
-    assert by_scope == {"host": ("closed", 0), "gpt-4o": ("open", 2), "": ("half_open", 1)}
+    by_scope = {
+        (p.attributes["backend"], p.attributes["scope"]): (p.attributes["state"], p.value)
+        for p in found
+    }
+    assert by_scope == {
+        ("a", "host"): ("closed", 0),
+        ("a", "gpt-4o"): ("open", 2),
+        ("a", ""): ("half_open", 1),
+        ("b", "host"): ("open", 2),
+    }
 
 
 def test_a_failing_gauge_source_does_not_break_collection(
     telemetry: Telemetry, reader: InMemoryMetricReader, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken() -> list[tuple[str, str]]:
+    def broken() -> list[tuple[str, str, str]]:
         raise RuntimeError(SECRET_KEY)
 
-    telemetry.observe(circuit=broken, limiter=lambda: {"requests_available": 1})
+    telemetry.observe(circuit=broken, limiter=lambda: [("primary", {"requests_available": 1})])
     found = points(reader)
     assert "openai_runtime.circuit.state" not in found
     assert one(found, "openai_runtime.ratelimit.local.available").value == 1
@@ -507,7 +518,8 @@ def test_reload_counters(telemetry: Telemetry, reader: InMemoryMetricReader) -> 
 
 def test_prometheus_text_has_every_instrument(telemetry: Telemetry) -> None:
     telemetry.observe(
-        circuit=lambda: [("host", "closed")], limiter=lambda: {"requests_available": 5}
+        circuit=lambda: [("primary", "host", "closed")],
+        limiter=lambda: [("primary", {"requests_available": 5})],
     )
     trace = telemetry.start_call({}, model="gpt-4o", stream=True)
     trace.attempt_started(1)
@@ -529,7 +541,8 @@ def test_prometheus_text_has_every_instrument(telemetry: Telemetry) -> None:
         "# TYPE openai_runtime_ratelimit_local_available gauge",
         'openai_runtime_cost_usd_total{backend="primary",estimated="false",'
         'model="gpt-4o-2024-08-06",runtime="team-a/chat"} 0.5',
-        'openai_runtime_circuit_state{runtime="team-a/chat",scope="host",state="closed"} 0',
+        'openai_runtime_circuit_state{backend="primary",runtime="team-a/chat",'
+        'scope="host",state="closed"} 0',
         'openai_runtime_requests_in_flight{runtime="team-a/chat"} 0',
         'openai_runtime_retries_total{error_type="RateLimited",runtime="team-a/chat"} 1',
     ):
