@@ -227,8 +227,8 @@ async def _report_health(
         if sick and not was_sick:
             message = (
                 f"Backend {now.name}: unhealthy in {now.pods - now.healthy} of {now.pods} "
-                "pods (a circuit not closed, or its upstream asked for a pause); calls "
-                "fail over to the next backend"
+                "pods (a circuit not closed, its upstream asked for a pause, or no key); "
+                "calls fail over to the next backend"
             )
             await post_event(
                 ctx, runtime, type="Warning", reason="BackendUnhealthy", message=message, log=logger

@@ -159,8 +159,13 @@ def _volumes(runtime_name: str, spec: OpenAiRuntimeSpec) -> list[dict[str, Any]]
         {"name": CONFIG_VOLUME, "configMap": {"name": configmap_name(runtime_name)}},
         # The whole Secret, so kubelet's atomic ``..data`` swap reaches the file.
         {"name": KEY_VOLUME, "secret": {"secretName": spec.primary.api_key_secret_ref.name}},
+        # Optional: a standby's missing Secret must not keep the app from
+        # starting; its sidecar skips a backend without a key and reports it.
         *(
-            {"name": fallback_volume(index), "secret": {"secretName": f.api_key_secret_ref.name}}
+            {
+                "name": fallback_volume(index),
+                "secret": {"secretName": f.api_key_secret_ref.name, "optional": True},
+            }
             for index, f in enumerate(spec.fallbacks)
         ),
     ]

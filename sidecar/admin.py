@@ -135,12 +135,14 @@ def backends_document(sidecar: Sidecar) -> dict[str, str]:
     deployment's circuit is not closed), ``open`` or ``half_open`` (the host's), or
     ``paused``: its circuits are closed but its upstream asked for a pause (a
     retry-after still running, or its rate-limit headers say its budget is spent),
-    so calls that can go elsewhere do."""
+    so calls that can go elsewhere do; ``no_key``: no key loaded, never called."""
     health: dict[str, str] = {}
     for backend in sidecar.runner.backends:
         states = backend.circuits.states()
         host = states[0][1].value
-        if host == "closed" and len(states) > 1:
+        if backend.credentials.current is None:
+            host = "no_key"
+        elif host == "closed" and len(states) > 1:
             host = "degraded"
         elif host == "closed" and (
             backend.limiter.resting or backend.limiter.snapshot()["blocked_until"] is not None

@@ -104,7 +104,8 @@ def test_each_fallback_key_file_is_where_its_secret_is_mounted() -> None:
         assert directory == f"{FALLBACK_KEY_DIR}/{fallback.name}"
         mount = mounts[directory]
         assert mount["readOnly"] is True and "subPath" not in mount  # rotations reach it
-        assert volumes[mount["name"]]["secret"] == {"secretName": named}
+        # Optional: a missing standby Secret must not keep the app from starting.
+        assert volumes[mount["name"]]["secret"] == {"secretName": named, "optional": True}
     assert key_file.endswith("/api-key") and config.fallbacks[0].api_key.file.endswith("/token")
 
 

@@ -353,3 +353,28 @@ async def test_a_retry_after_sends_other_calls_elsewhere_until_it_runs_out(
         clock.advance(20)
         await sdk.chat.completions.create(**chat("gpt-4o-mini"))
     assert len(upstream.requests) == 2 and len(backend_b.requests) == 3
+
+
+async def test_a_fallback_without_its_key_is_skipped_and_reported(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The optional volume of a Secret that does not exist (yet): an empty directory.
+    missing = SecretVolume(tmp_path / "secret-missing")
+    caplog.set_level(logging.INFO, logger="openai_runtime.sidecar")
+    sidecar = await make_sidecar(fallbacks=[fallback(backend_b, missing)])
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.fields["backend"] == "b"  # type: ignore[attr-defined]
+    await upstream.stop()
+    async with client(sidecar) as sdk:
+        with pytest.raises(openai.InternalServerError, match="connecting upstream failed"):
+            await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+        assert backend_b.requests == []  # never called without a key
+        assert status_document(sidecar)["backends"]["b"] == "no_key"
+        missing.write(B_KEY)  # the Secret appears: kubelet fills the volume
+        await eventually(lambda: status_document(sidecar)["backends"]["b"] == "closed", "key")
+        answer = await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+    assert answer.choices[0].message.content and len(backend_b.requests) == 1
