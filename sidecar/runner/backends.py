@@ -139,13 +139,18 @@ def admitting(
     sends it to wait and start over.
     """
     refused: RunnerError | None = None
+    keyless: RunnerError | None = None
     rest = len(pool) - start > 1
     for resting in (False, True) if rest else (None,):
         for index in range(start, len(pool)):
             backend = pool[index]
             if resting is not None and backend.limiter.resting is not resting:
                 continue
-            if not backend.primary and backend.credentials.current is None:
+            if backend.credentials.current is None:
+                try:
+                    backend.credentials.require()
+                except RunnerError as err:
+                    keyless = keyless or err
                 continue
             try:
                 circuits = backend.circuits.acquire(scope(backend))
@@ -155,8 +160,8 @@ def admitting(
             if permit.move_to(backend.limiter):
                 return index, backend, circuits
             circuits.release()
-    # Only fallbacks were left, none with a key or room: as if their breakers were open.
-    return refused or CircuitOpen("no other backend can take the call now", retry_after=0.0)
+    # No backend left with room: the first refusal; else, none had a key: why not.
+    return refused or keyless or CircuitOpen("no backend can take the call now", retry_after=0.0)
 
 
 class Weights:

@@ -331,7 +331,8 @@ class OpenAiRunner:
         """
         deadline = ledger.started_at + self._config.timeouts.total
         # The call's key, taken once: a rotation mid-call changes nothing for it.
-        primary_key = self.credentials.require()
+        # (None while the primary has none: the call may go to a fallback.)
+        primary_key = self.credentials.current
         reread = False
         attempt = 0
         last_error: RunnerError | None = None
@@ -343,7 +344,10 @@ class OpenAiRunner:
                 picked = self._backend(pool, scope, ledger, attempt, last_error, rate_permit)
             index, backend, permit = picked
             picked = None
-            snapshot = primary_key if backend.primary else backend.credentials.require()
+            if not backend.primary:
+                snapshot = backend.credentials.require()
+            else:
+                snapshot = primary_key = primary_key or self.credentials.require()
             ledger.credential_fingerprint = snapshot.fingerprint
             ledger.backend = backend.name
             headers = dict(extra_headers or {})
@@ -559,7 +563,7 @@ class OpenAiRunner:
             if len(pool) > 1:
                 # A backend whose upstream asked for a pause comes last (stable sort).
                 for backend in sorted(pool, key=lambda b: b.limiter.resting):
-                    if backend.primary or backend.credentials.current is not None:
+                    if backend.credentials.current is not None:
                         permit = backend.limiter.try_acquire(tokens)
                         if permit is not None:
                             return permit

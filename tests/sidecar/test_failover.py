@@ -378,3 +378,32 @@ async def test_a_fallback_without_its_key_is_skipped_and_reported(
         await eventually(lambda: status_document(sidecar)["backends"]["b"] == "closed", "key")
         answer = await sdk.chat.completions.create(**chat("gpt-4o-mini"))
     assert answer.choices[0].message.content and len(backend_b.requests) == 1
+
+
+async def test_a_primary_without_its_key_fails_over_to_a_fallback_that_has_one(
+    make_sidecar: SidecarFactory,
+    upstream: FakeUpstream,
+    backend_b: FakeUpstream,
+    b_key: SecretVolume,
+    tmp_path: Path,
+) -> None:
+    missing = str(tmp_path / "no-such-secret" / "api-key")
+    sidecar = await make_sidecar(apiKey={"file": missing}, fallbacks=[fallback(backend_b, b_key)])
+    async with client(sidecar) as sdk:
+        raw = await sdk.chat.completions.with_raw_response.create(**chat("gpt-4o-mini"))
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-openai-runtime-attempts"] == "1"
+    assert upstream.requests == [] and len(backend_b.requests) == 1
+    assert status_document(sidecar)["backends"]["primary"] == "no_key"
+
+
+async def test_without_any_key_the_error_says_which_is_missing(
+    make_sidecar: SidecarFactory, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "no-such-secret" / "api-key")
+    sidecar = await make_sidecar(apiKey={"file": missing})
+    async with client(sidecar) as sdk:
+        with pytest.raises(openai.APIStatusError) as info:
+            await sdk.chat.completions.create(**chat("gpt-4o-mini"))
+    assert info.value.status_code == 503 and "no API key loaded from" in info.value.message
+    assert info.value.code == "credential_unavailable"
