@@ -49,7 +49,7 @@ def b_key(tmp_path: Path) -> SecretVolume:
 
 
 def fallback(b: FakeUpstream, key: SecretVolume) -> dict[str, Any]:
-    models = {f"fake-{name}": "gpt-4o-mini" for name in (*FAILING, "reset-mid-stream")}
+    models = {f"fake-{name}": "gpt-4o-mini" for name in (*FAILING, "reset-mid-stream", "hang")}
     return {
         "name": "b",
         "variant": {"direct": {"endpoint": b.url + "/v1"}},
@@ -228,48 +228,76 @@ async def test_embeddings_fail_over_and_the_fallback_key_rotates(
     assert new_key not in caplog.text and B_KEY not in caplog.text
 
 
-async def test_a_stream_whose_primary_hangs_fails_over_after_first_byte_timeout(
+@pytest.mark.parametrize(
+    ("stream", "timeouts"),
+    [
+        (True, {"firstByte": "300ms"}),
+        # A completion's headers come with its last token: only an attempt bound helps.
+        (False, {"attempt": "300ms"}),
+    ],
+    ids=["stream", "completion"],
+)
+async def test_a_primary_that_hangs_fails_over_after_its_bound(
     make_sidecar: SidecarFactory,
     upstream: FakeUpstream,
     backend_b: FakeUpstream,
     b_key: SecretVolume,
+    stream: bool,
+    timeouts: dict[str, str],
 ) -> None:
-    b = fallback(backend_b, b_key)
-    b["models"]["fake-hang"] = "gpt-4o-mini"
-    sidecar = await make_sidecar(timeouts={"firstByte": "300ms"}, fallbacks=[b])
+    sidecar = await make_sidecar(timeouts=timeouts, fallbacks=[fallback(backend_b, b_key)])
     async with client(sidecar) as sdk:
-        stream = await sdk.chat.completions.create(**chat("fake-hang"), stream=True)
-        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-    assert text and [r.model for r in backend_b.requests] == ["gpt-4o-mini"]
+        raw = await sdk.chat.completions.with_raw_response.create(
+            **chat("fake-hang"), stream=stream
+        )
+        answer = raw.parse()
+        if isinstance(answer, openai.AsyncStream):
+            text = "".join([c.choices[0].delta.content or "" async for c in answer if c.choices])
+        else:
+            text = answer.choices[0].message.content or ""
+    assert text and raw.headers["x-openai-runtime-attempts"] == "2"
     assert [r.model for r in upstream.requests] == ["fake-hang"]
+    assert [r.model for r in backend_b.requests] == ["gpt-4o-mini"]
 
 
-async def test_a_spent_account_sends_calls_to_the_fallback_until_its_reset(
+@pytest.mark.parametrize(
+    ("model", "headers", "pause"),
+    [
+        # A answers, and its headers say its account has no tokens left for a minute.
+        ("gpt-4o-mini", {"x-fake-remaining-tokens": "0"}, 60),
+        # A answers 429 with a retry-after of 20 s; B serves that call.
+        ("fake-rate-limit", {"x-fake-retry-after": "20"}, 20),
+    ],
+    ids=["spent-account", "retry-after"],
+)
+async def test_a_backend_that_asks_for_a_pause_gets_no_calls_until_it_ends(
     make_sidecar: SidecarFactory,
     upstream: FakeUpstream,
     backend_b: FakeUpstream,
     b_key: SecretVolume,
+    model: str,
+    headers: dict[str, str],
+    pause: float,
 ) -> None:
     clock = ManualClock(auto_advance=True)
     sidecar = await make_sidecar(clock=clock, fallbacks=[fallback(backend_b, b_key)])
     async with client(sidecar) as sdk:
-        # A's headers say its account has no tokens left until its reset, a minute away.
-        spent = {"x-fake-remaining-tokens": "0"}
-        await sdk.chat.completions.create(**chat("gpt-4o-mini"), extra_headers=spent)
-        for _ in range(3):
+        await sdk.chat.completions.create(**chat(model), extra_headers=headers)
+        served = len(backend_b.requests)
+        for _ in range(2):
             raw = await sdk.chat.completions.with_raw_response.create(**chat("gpt-4o-mini"))
             assert raw.headers["x-openai-runtime-attempts"] == "1"
-        # Admitted at B at once: no wait for A's reset, no 429 asked of A.
-        assert len(upstream.requests) == 1 and len(backend_b.requests) == 3
+        # Straight to B: no wait for A's pause, nothing asked of A meanwhile.
+        assert len(upstream.requests) == 1 and len(backend_b.requests) == served + 2
         assert clock.sleeps == []
         document = status_document(sidecar)
-        assert document["rateLimits"]["provider_remaining_tokens"] == 0
+        assert document["backends"] == {"primary": "paused", "b": "closed"}
         [b] = document["fallbacks"]
         assert b["rateLimits"]["provider_remaining_tokens"] > 0  # B learned from its own
 
-        clock.advance(61)  # A's account is full again: calls start there again
+        clock.advance(pause + 1)  # the pause is over: calls start at A again
         await sdk.chat.completions.create(**chat("gpt-4o-mini"))
-        assert len(upstream.requests) == 2 and len(backend_b.requests) == 3
+    assert len(upstream.requests) == 2 and len(backend_b.requests) == served + 2
 
 
 async def test_weights_choose_where_calls_start_and_failover_wraps_round(
@@ -313,46 +341,6 @@ async def test_the_first_backend_maps_models_like_any_other(
         "gpt-4o-mini",
         "text-embedding-3-small",
     ]
-
-
-async def test_a_completion_whose_primary_hangs_fails_over_after_the_attempt_bound(
-    make_sidecar: SidecarFactory,
-    upstream: FakeUpstream,
-    backend_b: FakeUpstream,
-    b_key: SecretVolume,
-) -> None:
-    b = fallback(backend_b, b_key)
-    b["models"]["fake-hang"] = "gpt-4o-mini"
-    sidecar = await make_sidecar(timeouts={"attempt": "300ms"}, fallbacks=[b])
-    async with client(sidecar) as sdk:
-        raw = await sdk.chat.completions.with_raw_response.create(**chat("fake-hang"))
-    assert raw.parse().choices[0].message.content
-    assert raw.headers["x-openai-runtime-attempts"] == "2"
-    assert [r.model for r in upstream.requests] == ["fake-hang"]
-    assert [r.model for r in backend_b.requests] == ["gpt-4o-mini"]
-
-
-async def test_a_retry_after_sends_other_calls_elsewhere_until_it_runs_out(
-    make_sidecar: SidecarFactory,
-    upstream: FakeUpstream,
-    backend_b: FakeUpstream,
-    b_key: SecretVolume,
-) -> None:
-    clock = ManualClock(auto_advance=True)
-    sidecar = await make_sidecar(clock=clock, fallbacks=[fallback(backend_b, b_key)])
-    pause = {"x-fake-retry-after": "20"}
-    async with client(sidecar) as sdk:
-        await sdk.chat.completions.create(**chat("fake-rate-limit"), extra_headers=pause)
-        assert len(upstream.requests) == 1 and len(backend_b.requests) == 1
-        # A asked for 20 s: the next calls start at B, A is not asked again meanwhile.
-        for _ in range(2):
-            raw = await sdk.chat.completions.with_raw_response.create(**chat("gpt-4o-mini"))
-            assert raw.headers["x-openai-runtime-attempts"] == "1"
-        assert len(upstream.requests) == 1 and len(backend_b.requests) == 3
-        assert clock.sleeps == []
-        clock.advance(20)
-        await sdk.chat.completions.create(**chat("gpt-4o-mini"))
-    assert len(upstream.requests) == 2 and len(backend_b.requests) == 3
 
 
 async def test_a_fallback_without_its_key_is_skipped_and_reported(
