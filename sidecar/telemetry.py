@@ -535,7 +535,7 @@ class CallTrace:
         runtime = telemetry.runtime_attributes
         named = telemetry.model_label(response_model or request_model)
         model: dict[str, AttributeValue] = {"model": named} if named else {}
-        # Which upstream served it: "primary", or a fallback's name (a handful at most).
+        # Which upstream served it, by its name (a handful at most).
         backend = info.backend if info is not None else "primary"
         if info is not None and info.cost is not None:
             cost = info.cost

@@ -96,7 +96,7 @@ class CallOutcome:
     attempts: int = 0
     credential_fingerprint: str | None = None
     backend: str = "primary"
-    """Which backend answered (or was asked last): ``primary`` or a fallback's name."""
+    """Which backend answered (or was asked last), by its name."""
     started_at: float = 0.0
     time_to_first_byte: float | None = None
     """Seconds from the call's start until upstream's first body bytes (streams)."""
