@@ -231,6 +231,10 @@ class BackendSpec(ConfigModel):
     pricing: dict[str, ModelPrice] = Field(
         default_factory=dict, description="Its price overrides in USD per 1M tokens."
     )
+    rate_limits: RateLimitSettings | None = Field(
+        default=None,
+        description="Its own local limits (its account's tier); unset: spec.rateLimits.",
+    )
 
 
 def _distinct_names(value: list[BackendSpec]) -> list[BackendSpec]:
@@ -582,7 +586,7 @@ def render_sidecar_config(
         upstream_pricing=dict(primary.pricing),
         models=spec.models,
         pricing=dict(spec.pricing),
-        rate_limits=spec.rate_limits,
+        rate_limits=primary.rate_limits or spec.rate_limits,
         retry=spec.retry,
         circuit_breaker=spec.circuit_breaker,
         timeouts=spec.timeouts,
@@ -597,6 +601,7 @@ def render_sidecar_config(
                 weight=fallback.weight,
                 models=dict(fallback.models),
                 pricing=dict(fallback.pricing),
+                rate_limits=fallback.rate_limits,
             )
             for fallback in spec.fallbacks
         ],

@@ -306,6 +306,9 @@ class FallbackSettings(ConfigModel):
     pricing: dict[str, ModelPrice] = Field(
         default_factory=dict, description="Per-model price overrides, USD per 1M tokens."
     )
+    rate_limits: RateLimitSettings | None = Field(
+        default=None, description="Its own local limits (its account's); unset: the config's."
+    )
 
 
 class OpenAiConfig(ConfigModel):

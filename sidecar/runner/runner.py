@@ -132,8 +132,9 @@ class OpenAiRunner(AttemptLoop):
                 store.reload()
             if circuits is None or circuits.settings != config.circuit_breaker:
                 circuits = CircuitBreakers(config.circuit_breaker, self.clock)
-            if limiter is None or limiter.settings != config.rate_limits:
-                limiter = RateLimiter(config.rate_limits, self.clock)
+            limits = fallback.rate_limits or config.rate_limits
+            if limiter is None or limiter.settings != limits:
+                limiter = RateLimiter(limits, self.clock)
             self._fallback_state[fallback.name] = (store, circuits, limiter)
             pricing = self._base_pricing.with_overrides({**config.pricing, **fallback.pricing})
             variant = fallback.variant.selected

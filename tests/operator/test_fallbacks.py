@@ -116,7 +116,7 @@ def test_a_runtime_without_fallbacks_mounts_one_key() -> None:
     assert rendered(runtime("alpha")).fallbacks == []
 
 
-def test_the_first_backend_keeps_its_own_models_prices_and_weight() -> None:
+def test_each_backend_keeps_its_own_models_prices_weight_and_limits() -> None:
     first = {
         "name": "main",
         "variant": {"direct": {}},
@@ -124,12 +124,19 @@ def test_the_first_backend_keeps_its_own_models_prices_and_weight() -> None:
         "weight": 3,
         "models": {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"},
         "pricing": {"m": {"inputPerMTokUsd": 5, "outputPerMTokUsd": 6}},
+        "rateLimits": {"requestsPerMinute": 10000, "tokensPerMinute": 2000000},
     }
-    body = runtime("alpha")
+    body = runtime("alpha", rateLimits={"requestsPerMinute": 60})
     del body["spec"]["variant"], body["spec"]["apiKeySecretRef"]
-    body["spec"]["backends"] = [first, {**FALLBACKS[1], "weight": 1}]
+    second = {**FALLBACKS[1], "weight": 1, "rateLimits": {"maxConcurrency": 4}}
+    body["spec"]["backends"] = [first, second, {**FALLBACKS[0]}]
     config = rendered(body)
-    assert config.weights() == [3, 1]
+    # Each account's own tier; unset, the runtime's spec.rateLimits.
+    assert config.rate_limits.requests_per_minute == 10000
+    limits = [f.rate_limits for f in config.fallbacks]
+    assert limits[0] is not None and limits[0].max_concurrency == 4
+    assert limits[1] is None
+    assert config.weights() == [3, 1, 0]
     assert config.upstream_models == {"gpt-4o-mini": "gpt-4o-mini-2024-07-18"}
     assert config.upstream_pricing["m"].input_per_mtok_usd == 5
     assert config.pricing == {}  # so the fallback does not inherit main's prices

@@ -145,9 +145,8 @@ async def test_an_unreachable_primary_is_skipped_until_it_recovers(
 ) -> None:
     clock = ManualClock(auto_advance=True)
     breaker = {"failureThreshold": 2, "openDuration": "30s"}
-    sidecar = await make_sidecar(
-        clock=clock, circuitBreaker=breaker, fallbacks=[fallback(backend_b, b_key)]
-    )
+    b = {**fallback(backend_b, b_key), "rateLimits": {"requestsPerMinute": 4}}
+    sidecar = await make_sidecar(clock=clock, circuitBreaker=breaker, fallbacks=[b])
     port = int(upstream.url.rsplit(":", 1)[1])
     await upstream.stop()  # A goes down: connections are refused
     async with client(sidecar) as sdk:
@@ -165,6 +164,9 @@ async def test_an_unreachable_primary_is_skipped_until_it_recovers(
         assert hosts == {"primary": "open", "b": "closed"}  # every backend's breaker
         limits = points(metrics)["openai_runtime.ratelimit.local.available"]
         assert {p.attributes["backend"] for p in limits} == {"primary", "b"}
+        # B's own limits (its account's): 4 calls a minute, 4 already spent.
+        assert shown["rateLimits"]["requests_available"] < 1
+        assert status_document(sidecar)["rateLimits"]["requests_available"] > 400
 
         # A is back; once its breaker lets a probe through, traffic returns to it.
         await upstream.start(port=port)
