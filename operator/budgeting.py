@@ -95,7 +95,7 @@ def _readings(pods: Sequence[Mapping[str, Any]], documents: Sequence[Any]) -> di
 
 
 def backend_health(spec: OpenAiRuntimeSpec, documents: Sequence[Any]) -> list[BackendHealth]:
-    """Per backend, how many answering pods report its circuits all closed."""
+    """Per backend, how many answering pods report it healthy (``closed``)."""
     names = [spec.primary.name, *(f.name for f in spec.fallbacks)]
     pods = dict.fromkeys(names, 0)
     healthy = dict.fromkeys(names, 0)
