@@ -42,7 +42,7 @@ from .pricing import Cost, PricingTable
 from .ratelimit import RateLimiter, RatePermit
 from .results import Usage
 
-__all__ = ["PRIMARY", "Backend", "Picked", "Weights", "admitting", "fails_over"]
+__all__ = ["PRIMARY", "Backend", "Picked", "Weights", "admitting", "fails_over", "preferred"]
 
 PRIMARY = "primary"
 """The primary's name unless the config names it (``name``)."""
@@ -124,6 +124,15 @@ Picked = tuple[int, Backend, CircuitPermits]
 """A backend's index in the call's order, the backend and its breakers' permit."""
 
 
+def preferred(pool: Sequence[Backend], start: int = 0) -> Sequence[int]:
+    """The indexes of ``pool`` from ``start`` in the order to try them: a backend whose
+    upstream asked for a pause (a retry-after still running) after all the others."""
+    indexes = range(start, len(pool))
+    if len(indexes) < 2:
+        return indexes
+    return sorted(indexes, key=lambda index: pool[index].limiter.resting)  # stable
+
+
 def admitting(
     pool: Sequence[Backend],
     start: int,
@@ -133,33 +142,28 @@ def admitting(
     """The first backend of ``pool`` from ``start`` that can take an attempt now.
 
     It has a key, its breakers admit the call, and its limiter holds the
-    call's slot or has room for it now (``permit`` moves there). A backend
-    whose upstream asked for a pause (a retry-after still running) comes
-    after all the others. Else the first refusal, which ends the call or
+    call's slot or has room for it now (``permit`` moves there), tried in
+    :func:`preferred` order. Else the first refusal, which ends the call or
     sends it to wait and start over.
     """
     refused: RunnerError | None = None
     keyless: RunnerError | None = None
-    rest = len(pool) - start > 1
-    for resting in (False, True) if rest else (None,):
-        for index in range(start, len(pool)):
-            backend = pool[index]
-            if resting is not None and backend.limiter.resting is not resting:
-                continue
-            if backend.credentials.current is None:
-                try:
-                    backend.credentials.require()
-                except RunnerError as err:
-                    keyless = keyless or err
-                continue
+    for index in preferred(pool, start):
+        backend = pool[index]
+        if backend.credentials.current is None:
             try:
-                circuits = backend.circuits.acquire(scope(backend))
+                backend.credentials.require()
             except RunnerError as err:
-                refused = refused or err
-                continue
-            if permit.move_to(backend.limiter):
-                return index, backend, circuits
-            circuits.release()
+                keyless = keyless or err
+            continue
+        try:
+            circuits = backend.circuits.acquire(scope(backend))
+        except RunnerError as err:
+            refused = refused or err
+            continue
+        if permit.move_to(backend.limiter):
+            return index, backend, circuits
+        circuits.release()
     # No backend left with room: the first refusal; else, none had a key: why not.
     return refused or keyless or CircuitOpen("no backend can take the call now", retry_after=0.0)
 

@@ -34,7 +34,7 @@ from multidict import CIMultiDict
 
 from . import jsoncodec
 from .attempting import AttemptLoop, AttemptObserver, Send, T
-from .backends import PRIMARY, Backend, Weights
+from .backends import PRIMARY, Backend, Weights, preferred
 from .breaker import CircuitBreakers
 from .budgets import BudgetGate
 from .clock import Clock, SystemClock
@@ -276,9 +276,7 @@ class OpenAiRunner(AttemptLoop):
         headers["User-Agent"] = USER_AGENT
         return headers
 
-    def _observe(
-        self, ledger: CallLedger, headers: Mapping[str, str], backend: Backend | None = None
-    ) -> None:
+    def _observe(self, ledger: CallLedger, headers: Mapping[str, str], backend: Backend) -> None:
         ledger.request_id = headers.get("x-request-id") or headers.get("apim-request-id")
         raw_ms = headers.get("openai-processing-ms")
         try:
@@ -289,7 +287,7 @@ class OpenAiRunner(AttemptLoop):
         if not limits.empty:
             ledger.rate_limits = limits
             # Each backend's headers speak of its own account's budget only.
-            (backend.limiter if backend is not None else self.limiter).observe_headers(limits)
+            backend.limiter.observe_headers(limits)
 
     def price(
         self,
@@ -375,8 +373,8 @@ class OpenAiRunner(AttemptLoop):
             if spends:
                 self.budget.check()
             if len(pool) > 1:
-                # A backend whose upstream asked for a pause comes last (stable sort).
-                for backend in sorted(pool, key=lambda b: b.limiter.resting):
+                for index in preferred(pool):
+                    backend = pool[index]
                     if backend.credentials.current is not None:
                         permit = backend.limiter.try_acquire(tokens)
                         if permit is not None:
